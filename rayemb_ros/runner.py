@@ -1,0 +1,322 @@
+"""The live registration loop behind the ROS node, without ROS.
+
+One worker thread owns the estimator: it runs volume loads and estimates one at a time, so
+the estimator needs no locking and a load never races an estimate. Callers (the node's
+subscription and service callbacks) only hand work over and return at once:
+
+* frames go into a one-slot mailbox: a newer frame replaces an unprocessed one (counted as
+  stale), so a slow estimate never builds a queue and the newest frame always wins;
+* loads go into a queue that the worker serves before the next frame; the caller may wait.
+
+Every event (rejection, drop, load, estimate) updates one ``Health`` record, which the node
+turns into a log line and a diagnostics message.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+from jaxtyping import Float
+
+from rayemb_ros.images import ImageError
+from rayemb_ros.intensity import to_attenuation
+from rayemb_ros.params import Params
+from rayemb_ros.result import Estimate, VolumeInfo
+
+# CameraInfos remembered by stamp, to pair each image with its own; older ones are forgotten.
+_CAMERA_INFO_HISTORY = 64
+
+
+class PathRefused(ValueError):
+    """A volume path outside ``volume_root``."""
+
+
+def confine(path: str, root: str) -> str:
+    """The resolved path of a volume request, or PathRefused when it leaves ``root``.
+
+    Symlinks and '..' are resolved before the check, so neither can escape; a relative path
+    is taken relative to ``root``. ``example`` (the bundled CT) is always allowed.
+    """
+    if path == "example":
+        return path
+    if not path.strip():
+        raise PathRefused("empty volume path")
+    root_dir = Path(root).expanduser().resolve()
+    resolved = (root_dir / Path(path).expanduser()).resolve()
+    if not resolved.is_relative_to(root_dir):
+        raise PathRefused(f"refused {path!r}: outside volume_root {str(root_dir)!r} (after resolving links and '..')")
+    return str(resolved)
+
+
+class Level(IntEnum):
+    """Severity, numbered as diagnostic_msgs/DiagnosticStatus levels."""
+
+    OK = 0
+    WARN = 1
+    ERROR = 2
+
+
+@dataclass(frozen=True)
+class Health:
+    """The node's state as reported on /diagnostics; ``level``/``message`` describe the last event."""
+
+    level: Level = Level.WARN
+    message: str = "no volume loaded: call ~/load_volume"
+    volume: VolumeInfo | None = None
+    frames_received: int = 0
+    frames_estimated: int = 0
+    poses_ok: int = 0
+    dropped_stale: int = 0
+    dropped_no_volume: int = 0
+    rejected: int = 0
+    last_rejection: str = ""
+    last_latency_ms: float = math.nan
+    last_estimate_ms: float = math.nan
+    last_inliers: int = 0
+    last_reprojection_error_px: float = math.nan
+
+
+@dataclass
+class Frame:
+    """A decoded image waiting for the worker. ``tag`` comes back untouched with its result."""
+
+    image: Float[np.ndarray, "H W"]
+    stamp_ns: int
+    received_s: float
+    tag: Any = None
+
+
+@dataclass
+class Result:
+    frame: Frame
+    K: Float[np.ndarray, "3 3"]
+    estimate: Estimate
+    latency_ms: float
+
+
+class EstimatorLike(Protocol):
+    has_volume: bool
+
+    def load_volume(self, path: str) -> VolumeInfo: ...
+
+    def estimate(self, image: np.ndarray, K: np.ndarray) -> Estimate: ...
+
+
+@dataclass
+class _Load:
+    path: str
+    done: threading.Event = field(default_factory=threading.Event)
+    info: VolumeInfo | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class _CameraInfo:
+    K: Float[np.ndarray, "3 3"]
+    height: int
+    width: int
+
+
+class Runner:
+    """Feeds frames and loads to an estimator on one worker thread.
+
+    ``on_result`` gets each estimate (ok or not); ``on_event`` gets the Health after each
+    event and whether the event deserves a log line. Both run on the worker thread, except
+    for rejections and drops, which are reported on the caller's thread.
+    """
+
+    def __init__(
+        self,
+        estimator: EstimatorLike,
+        params: Params,
+        on_result: Callable[[Result], None],
+        on_event: Callable[[Health, bool], None],
+    ):
+        self._estimator = estimator
+        self._params = params
+        self._on_result = on_result
+        self._on_event = on_event
+        self._cv = threading.Condition()
+        self._frame: Frame | None = None
+        self._loads: deque[_Load] = deque()
+        self._infos: OrderedDict[int, _CameraInfo] = OrderedDict()
+        self._closed = False
+        self._health = Health()
+        self._thread = threading.Thread(target=self._work, name="rayemb-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def health(self) -> Health:
+        with self._cv:
+            return self._health
+
+    # --- called from the node's callbacks: quick, never wait for the worker ---
+
+    def camera_info(self, stamp_ns: int, K: Float[np.ndarray, "3 3"], height: int, width: int) -> None:
+        with self._cv:
+            self._infos[stamp_ns] = _CameraInfo(K, height, width)
+            self._infos.move_to_end(stamp_ns)
+            while len(self._infos) > _CAMERA_INFO_HISTORY:
+                self._infos.popitem(last=False)
+
+    def submit(self, frame: Frame) -> None:
+        """Queue a frame for estimation, replacing one still waiting."""
+        with self._cv:
+            self._count(frames_received=1)
+            if not self._infos:
+                reason = "no CameraInfo received yet on the camera_info topic"
+            elif self._health.volume is None:
+                self._count(dropped_no_volume=1)
+                # One line, not one per frame: the count is on /diagnostics.
+                first = self._health.dropped_no_volume == 1
+                self._event(Level.WARN, "frame dropped: no volume loaded (call ~/load_volume)", log=first)
+                return
+            else:
+                if self._frame is not None:
+                    self._count(dropped_stale=1)
+                self._frame = frame
+                self._cv.notify()
+                return
+        self.reject(reason, counted=True)
+
+    def reject(self, reason: str, counted: bool = False) -> None:
+        """Report a frame that cannot be used (``counted``: already counted as received)."""
+        with self._cv:
+            if not counted:
+                self._count(frames_received=1)
+            self._count(rejected=1)
+            self._health = replace(self._health, last_rejection=reason)
+            self._event(Level.WARN, f"frame rejected: {reason}", log=True)
+
+    def submit_load(self, path: str) -> _Load:
+        """Queue a volume load and return at once (wait on ``done``); PathRefused at once."""
+        with self._cv:
+            try:
+                load = _Load(confine(path, self._params.volume_root))
+            except PathRefused as exc:
+                self._event(Level.WARN, str(exc), log=True)
+                raise
+            if self._closed:
+                load.error = RuntimeError("shutting down")
+                load.done.set()
+            else:
+                self._loads.append(load)
+                self._cv.notify()
+        return load
+
+    def load_volume(self, path: str) -> VolumeInfo:
+        """Load (or replace) the volume and wait for it; raises PathRefused or what the
+        estimator raised."""
+        load = self.submit_load(path)
+        load.done.wait()
+        if load.error is not None:
+            raise load.error
+        assert load.info is not None
+        return load.info
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout_s)
+
+    # --- the worker ---
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._closed or self._loads or self._frame is not None)
+                if self._closed:
+                    break
+                if self._loads:  # loads first: a client is waiting on each
+                    load, frame = self._loads.popleft(), None
+                else:
+                    load, frame, self._frame = None, self._frame, None
+            try:
+                if load is not None:
+                    self._load(load)
+                elif frame is not None:
+                    self._estimate(frame)
+            except Exception as exc:  # a bug must not kill the worker: report it and go on
+                self._locked_event(Level.ERROR, f"internal error: {type(exc).__name__}: {exc}")
+        with self._cv:
+            pending, self._loads = list(self._loads), deque()
+        for load in pending:
+            load.error = RuntimeError("shutting down")
+            load.done.set()
+
+    def _load(self, load: _Load) -> None:
+        try:
+            load.info = self._estimator.load_volume(load.path)
+        except Exception as exc:
+            load.error = exc
+        with self._cv:
+            if load.info is not None:
+                self._health = replace(self._health, volume=load.info)
+                info = load.info
+                self._event(
+                    Level.OK,
+                    f"volume loaded: {info.path} ({info.num_landmarks} landmarks, {info.load_seconds:.1f} s)",
+                    log=True,
+                )
+            else:
+                if not self._estimator.has_volume:
+                    self._health = replace(self._health, volume=None)
+                self._event(Level.WARN, f"load_volume {load.path!r} failed: {load.error}", log=True)
+        load.done.set()
+
+    def _estimate(self, frame: Frame) -> None:
+        with self._cv:
+            info = self._infos.get(frame.stamp_ns) or next(reversed(self._infos.values()))
+        height, width = frame.image.shape
+        if (info.height, info.width) not in ((height, width), (0, 0)):
+            self.reject(f"image is {width}x{height} but its CameraInfo is {info.width}x{info.height}", counted=True)
+            return
+        try:
+            image = to_attenuation(frame.image, self._params.image_intensity)
+        except ImageError as exc:
+            self.reject(str(exc), counted=True)
+            return
+        estimate = self._estimator.estimate(image, info.K)
+        latency_ms = (time.monotonic() - frame.received_s) * 1e3
+        self._on_result(Result(frame, info.K, estimate, latency_ms))
+        with self._cv:
+            self._count(frames_estimated=1, poses_ok=int(estimate.ok))
+            self._health = replace(
+                self._health,
+                last_latency_ms=latency_ms,
+                last_estimate_ms=estimate.latency_ms,
+                last_inliers=estimate.num_inliers,
+                last_reprojection_error_px=estimate.reprojection_error_px,
+            )
+            if estimate.ok:
+                self._event(
+                    Level.OK,
+                    f"pose ok: {estimate.num_inliers} inliers, "
+                    f"{estimate.reprojection_error_px:.2f} px, {latency_ms:.0f} ms",
+                    log=False,
+                )
+            else:
+                self._event(Level.WARN, f"pose refused: {estimate.reason}", log=False)
+
+    # --- Health bookkeeping (callers hold self._cv) ---
+
+    def _count(self, **increments: int) -> None:
+        self._health = replace(self._health, **{k: getattr(self._health, k) + v for k, v in increments.items()})
+
+    def _event(self, level: Level, message: str, log: bool) -> None:
+        self._health = replace(self._health, level=level, message=message)
+        # Reported under the lock so that listeners see events in order.
+        self._on_event(self._health, log)
+
+    def _locked_event(self, level: Level, message: str) -> None:
+        with self._cv:
+            self._event(level, message, log=True)
