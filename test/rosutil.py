@@ -1,0 +1,173 @@
+"""Helpers for tests that talk to real ROS 2 processes over DDS.
+
+Each ``Domain`` is a random ROS_DOMAIN_ID kept on loopback, so that test runs (and other
+people's, on the same machine) do not hear each other. ``NodeProcess`` runs `rayemb node`
+as its own process; ``Graph`` is the test's side of the graph: an rclpy context on the same
+domain, spun on a background thread, with helpers to publish, collect and call services.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+
+REPO = Path(__file__).resolve().parents[1]
+RAYEMB = Path(sys.executable).parent / "rayemb"
+
+
+@dataclass(frozen=True)
+class Domain:
+    id: int
+
+    @classmethod
+    def random(cls) -> Domain:
+        # 1..100: valid for Fast DDS's port mapping; 0 is everyone's default.
+        return cls(random.SystemRandom().randint(1, 100))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            ROS_DOMAIN_ID=str(self.id),
+            ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+            # 2 shared cores: keep the node's numeric libraries to one thread each.
+            OMP_NUM_THREADS="1",
+            OPENBLAS_NUM_THREADS="1",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05) -> Any:
+    """The first truthy value of ``predicate()``; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+class NodeProcess:
+    """`rayemb node ARGS...` in its own process; its output goes to ``log_path``."""
+
+    def __init__(self, args: list[str], domain: Domain, log_path: Path, **env: str):
+        self.args = args
+        self.domain = domain
+        self.log_path = log_path
+        self._env = domain.env(**env)
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(RAYEMB), "node", *self.args], stdout=log, stderr=subprocess.STDOUT, env=self._env, cwd=REPO
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout_s)
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 15.0) -> int:
+        """Signal the node and wait for it (killed when it does not stop in time)."""
+        if not self.alive:
+            return self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"node ignored signal {sig} for {timeout_s} s:\n{self.log()[-3000:]}")
+
+
+class Inbox:
+    """Messages received on one topic, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, msg: Any) -> None:
+        with self._lock:
+            self.messages.append(msg)
+
+    def snapshot(self) -> list[Any]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(self, predicate: Callable[[Any], bool], timeout_s: float, what: str) -> Any:
+        """The first message (old or new) for which ``predicate`` holds."""
+        return wait_until(lambda: next((m for m in self.snapshot() if predicate(m)), None), timeout_s, what)
+
+
+class Graph:
+    """The test's own participant on a domain, spinning on a background thread."""
+
+    def __init__(self, domain: Domain, name: str = "rayemb_test"):
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain.id)
+        self.node = Node(name, context=self.context)
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self.context.ok():
+            try:
+                self._executor.spin_once(timeout_sec=0.05)
+            except Exception:  # the context went down while spinning: closing
+                if self.context.ok():
+                    raise
+
+    def subscribe(self, msg_type: type, topic: str, qos: QoSProfile | int = 10) -> Inbox:
+        inbox = Inbox()
+        self.node.create_subscription(msg_type, topic, inbox, qos)
+        return inbox
+
+    def publisher(self, msg_type: type, topic: str, qos: QoSProfile | int = 10):
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 60.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout_s):
+                raise AssertionError(f"service {name} not available after {timeout_s} s")
+            done = threading.Event()
+            future = client.call_async(request)
+            future.add_done_callback(lambda _: done.set())
+            if not done.wait(timeout_s):
+                raise AssertionError(f"service {name} did not answer within {timeout_s} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        self.context.try_shutdown()
+        self._thread.join(5.0)
+        self._executor.shutdown()
+        self.node.destroy_node()

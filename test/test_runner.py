@@ -1,0 +1,158 @@
+"""The node's core loop without ROS: path confinement, newest-frame-wins, drops and rejections
+counted, loads serialised with estimates. A scripted estimator stands in for the real one
+here so that timing can be controlled; the node tests run the real one."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rayemb_ros.params import Params
+from rayemb_ros.result import Estimate, Landmarks, VolumeInfo
+from rayemb_ros.runner import Frame, Level, PathRefused, Runner, confine
+from rosutil import wait_until
+
+
+def test_confine(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "ct.nii.gz").touch()
+    (root / "ct.nii.gz").touch()
+    os.symlink(outside / "ct.nii.gz", root / "escape.nii.gz")
+    os.symlink(outside, root / "escape_dir")
+    os.symlink(root / "ct.nii.gz", root / "sub" / "inside.nii.gz")
+
+    assert confine("example", str(root)) == "example"
+    assert confine(str(root / "ct.nii.gz"), str(root)) == str(root / "ct.nii.gz")
+    assert confine("ct.nii.gz", str(root)) == str(root / "ct.nii.gz")  # relative to the root
+    assert confine(str(root / "sub" / "inside.nii.gz"), str(root)) == str(root / "ct.nii.gz")
+    for bad in [str(outside / "ct.nii.gz"), str(root / ".." / "outside" / "ct.nii.gz"), "../outside/ct.nii.gz",
+                str(root / "escape.nii.gz"), str(root / "escape_dir" / "ct.nii.gz"), "/etc/passwd", " "]:
+        with pytest.raises(PathRefused):
+            confine(bad, str(root))
+
+
+class ScriptedEstimator:
+    """Estimates that block until released; records overlapping calls."""
+
+    def __init__(self):
+        self.has_volume = False
+        self.release = threading.Event()
+        self.release.set()
+        self.started: list[int] = []  # image sizes (frame ids) as estimates begin
+        self.calls_in_flight = 0
+        self.max_in_flight = 0
+
+    def _enter(self):
+        self.calls_in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.calls_in_flight)
+
+    def load_volume(self, path):
+        self._enter()
+        try:
+            self.release.wait(5)
+            if path.endswith("corrupt"):
+                raise ValueError(f"cannot read {path}")
+            self.has_volume = True
+            return VolumeInfo(path, 10, 0.1, (1, 1, 1), (1.0, 1.0, 1.0))
+        finally:
+            self.calls_in_flight -= 1
+
+    def estimate(self, image, K):
+        self._enter()
+        self.started.append(int(image[0, 0]))
+        try:
+            self.release.wait(5)
+            if image[0, 1] < 0:
+                raise RuntimeError("boom")
+            return Estimate(True, "", np.eye(4), np.eye(4), Landmarks.empty(), 0, 0.5, 1.0)
+        finally:
+            self.calls_in_flight -= 1
+
+
+@pytest.fixture
+def setup(tmp_path):
+    estimator = ScriptedEstimator()
+    results, events = [], []
+    runner = Runner(estimator, Params(volume_root=str(tmp_path)), results.append,
+                    lambda health, log: events.append((health, log)))
+    yield runner, estimator, results, events
+    estimator.release.set()
+    runner.close()
+
+
+def frame(ident: int, stamp_ns: int = 0, shape=(4, 5)) -> Frame:
+    image = np.zeros(shape, np.float32)
+    image[0, 0] = ident
+    image[0, 1] = 1.0
+    return Frame(image, stamp_ns, time.monotonic())
+
+
+def test_frames_before_camera_info_or_volume_are_counted(setup):
+    runner, estimator, results, events = setup
+    runner.submit(frame(1))
+    assert runner.health.rejected == 1 and "CameraInfo" in runner.health.last_rejection
+    runner.camera_info(0, np.eye(3), 0, 0)
+    for i in range(3):
+        runner.submit(frame(i))
+    health = runner.health
+    assert (health.frames_received, health.dropped_no_volume, health.volume) == (4, 3, None)
+    assert [log for _, log in events] == [True, True, False, False]  # one line, not one per frame
+    assert results == []
+
+
+def test_newest_frame_wins_and_loads_are_serialised(setup):
+    runner, estimator, results, events = setup
+    runner.camera_info(0, np.eye(3), 0, 0)
+    runner.load_volume("example")
+    estimator.release.clear()
+    runner.submit(frame(1))
+    wait_until(lambda: estimator.started, 5, "the first estimate to start")
+    for i in range(2, 7):
+        runner.submit(frame(i))
+    load = runner.submit_load("second")  # queued behind the running estimate, before frame 6
+    assert not load.done.wait(0.2)
+    estimator.release.set()
+    assert load.done.wait(5) and load.error is None
+    wait_until(lambda: len(results) == 2, 5, "two results")
+    assert estimator.started == [1, 6]
+    assert runner.health.dropped_stale == 4 and runner.health.volume.path.endswith("/second")
+    assert estimator.max_in_flight == 1
+
+
+def test_camera_info_by_stamp_else_latest_and_sizes_checked(setup):
+    runner, estimator, results, events = setup
+    runner.load_volume("example")
+    K = {stamp: np.diag([stamp, stamp, 1.0]) for stamp in (10, 20, 30)}
+    for stamp, k in K.items():
+        runner.camera_info(stamp, k, 4, 5)
+    runner.submit(frame(1, stamp_ns=20))
+    wait_until(lambda: len(results) == 1, 5, "a result")
+    runner.submit(frame(2, stamp_ns=99))
+    wait_until(lambda: len(results) == 2, 5, "a result")
+    assert results[0].K[0, 0] == 20 and results[1].K[0, 0] == 30
+    runner.submit(frame(3, stamp_ns=30, shape=(8, 10)))
+    wait_until(lambda: runner.health.rejected == 1, 5, "a rejection")
+    assert "10x8 but its CameraInfo is 5x4" in runner.health.last_rejection
+
+
+def test_failures_are_reported_and_the_worker_goes_on(setup):
+    runner, estimator, results, events = setup
+    runner.camera_info(0, np.eye(3), 0, 0)
+    runner.load_volume("example")
+    with pytest.raises(ValueError, match="cannot read"):
+        runner.load_volume("corrupt")
+    assert runner.health.volume.path == "example" and runner.health.level == Level.WARN
+    with pytest.raises(PathRefused):
+        runner.load_volume("/etc/passwd")
+    bad = frame(1)
+    bad.image[0, 1] = -1.0
+    runner.submit(bad)
+    wait_until(lambda: runner.health.level == Level.ERROR, 5, "an error event")
+    assert "boom" in runner.health.message
+    runner.submit(frame(2))
+    wait_until(lambda: results, 5, "a result after the failure")
+    assert runner.health.level == Level.OK and runner.health.poses_ok == 1
