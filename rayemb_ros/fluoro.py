@@ -141,7 +141,7 @@ class _TorchOps:
 
     def clip(self, x, lo, hi):
         # torch.clamp takes numbers or tensors as bounds, not one of each.
-        return torch.clamp(x, torch.as_tensor(lo, dtype=x.dtype), torch.as_tensor(hi, dtype=x.dtype))
+        return torch.clamp(x, *(torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in (lo, hi)))
 
     def image_max(self, x):
         return x.amax(dim=(-2, -1), keepdim=True)
@@ -215,7 +215,10 @@ def apply_batch(
     generator: torch.Generator | None = None,
     intensity: str = "attenuation",
 ) -> Float[torch.Tensor, "B 1 H W"]:
-    """``apply`` over a batch on the batch's device, one style per image (training augmentation)."""
+    """``apply`` over a batch on the batch's device, one style per image (training augmentation).
+
+    ``generator``, when given, must live on that device too.
+    """
     if len(styles) != line_integrals.shape[0]:
         raise ValueError(f"{len(styles)} styles for a batch of {line_integrals.shape[0]}")
     L = line_integrals.float()
