@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,23 +44,30 @@ class NanoRenderer:
         self.device = torch.device(device)
         self.subject = volume.subject(self.device)
         self.n_samples = n_samples
-        self._drrs: dict[Detector, torch.nn.Module] = {}
+        self._drrs: dict[tuple[Detector, ...], torch.nn.Module] = {}
 
-    def _drr(self, detector: Detector):
-        if detector not in self._drrs:
+    def _drr(self, detectors: tuple[Detector, ...]):
+        """A nanodrr DRR module for one intrinsics per batch element (cached by geometry)."""
+        if detectors not in self._drrs:
             from nanodrr.drr import DRR
 
-            k_inv = torch.tensor(nanodrr_k_inv(detector.K), dtype=torch.float32, device=self.device)[None]
-            sdd = torch.tensor([detector.sdd], dtype=torch.float32, device=self.device)
-            self._drrs[detector] = DRR(k_inv, sdd, detector.height, detector.width).to(self.device)
-        return self._drrs[detector]
+            k_inv = torch.tensor(np.stack([nanodrr_k_inv(d.K) for d in detectors]), dtype=torch.float32)
+            sdd = torch.tensor([d.sdd for d in detectors], dtype=torch.float32)
+            if len(self._drrs) > 16:  # training draws a new geometry per batch: keep the cache small
+                self._drrs.clear()
+            self._drrs[detectors] = DRR(k_inv, sdd, detectors[0].height, detectors[0].width).to(self.device)
+        return self._drrs[detectors]
 
     def render(
-        self, T_ct_source: Float[torch.Tensor, "B 4 4"], detector: Detector
+        self, T_ct_source: Float[torch.Tensor, "B 4 4"], detector: Detector | Sequence[Detector]
     ) -> Float[torch.Tensor, "B H W"]:
-        """Line integrals for camera-to-world poses (mm); differentiable in the poses."""
+        """Line integrals for camera-to-world poses (mm); differentiable in the poses.
+
+        ``detector`` is one detector for all poses, or a sequence of one per pose (all of
+        the same pixel size)."""
         T = T_ct_source.to(self.device, torch.float32)
-        return self._drr(detector)(self.subject, T, n_samples=self.n_samples)[:, 0]
+        detectors = (detector,) if isinstance(detector, Detector) else tuple(detector)
+        return self._drr(detectors)(self.subject, T, n_samples=self.n_samples)[:, 0]
 
     def render_np(self, T_ct_source: Float[np.ndarray, "B 4 4"], detector: Detector, batch: int = 8) -> Float[np.ndarray, "B H W"]:
         out = []

@@ -1,0 +1,43 @@
+"""The one place that saves and loads encoder weights (always ``weights_only=True``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .model import Encoder, EncoderConfig
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "rayemb_example.pt"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_weights(path: str | Path, encoder: Encoder, info: dict) -> None:
+    """Weights + encoder config (+ ``info``: training config and metrics), with the same
+    metadata written beside them as ``<path>.json`` for people to read."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"encoder": encoder.config.as_dict(), **info}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": encoder.state_dict(), "meta_json": json.dumps(meta)}, tmp)
+    tmp.replace(path)
+    path.with_suffix(path.suffix + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_encoder(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
+    """The encoder in eval mode on ``device`` and its metadata; the shipped default when no path."""
+    path = Path(path) if path else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(blob["meta_json"])
+        encoder = Encoder(EncoderConfig.from_dict(meta["encoder"]))
+        encoder.load_state_dict(blob["model"])
+    except Exception as exc:
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    return encoder.to(device).eval(), meta

@@ -1,0 +1,78 @@
+"""The subspace maths of RayEmb, shared by training and inference.
+
+A 3D point X is crossed by one ray per image. Its embeddings in T template images span a
+subspace with orthonormal basis Q (D x T); P = Q Q^T = F F^+. A query pixel x scores
+
+    sim(P, x) = e^T P e / (|e| |P e|) = |Q^T e| / |e|      (in [0, 1]),
+
+1 when e(x) lies in the span, 0 when it is orthogonal to it. The landmark of X in the query
+is the pixel with the highest score.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+
+
+def sample_embeddings(
+    embeddings: Float[torch.Tensor, "B D H W"], uv: Float[torch.Tensor, "B N 2"]
+) -> Float[torch.Tensor, "B N D"]:
+    """Bilinear embeddings at pixels (u = column, v = row, centres at integers)."""
+    h, w = embeddings.shape[-2:]
+    grid = torch.stack([(uv[..., 0] + 0.5) / w * 2 - 1, (uv[..., 1] + 0.5) / h * 2 - 1], dim=-1)
+    out = F.grid_sample(embeddings, grid[:, :, None], mode="bilinear", padding_mode="border", align_corners=False)
+    return out[..., 0].transpose(1, 2)
+
+
+def subspace_basis(template_embeddings: Float[torch.Tensor, "... T D"]) -> Float[torch.Tensor, "... D T"]:
+    """Orthonormal basis of the span of T embeddings (reduced QR of F^T)."""
+    q, _ = torch.linalg.qr(template_embeddings.transpose(-1, -2).double(), mode="reduced")
+    return q.to(template_embeddings.dtype)
+
+
+def similarity(
+    basis: Float[torch.Tensor, "B P D T"], embeddings: Float[torch.Tensor, "B D H W"]
+) -> Float[torch.Tensor, "B P H W"]:
+    """sim(P, x) for every pixel; embeddings need not be normalised."""
+    b, d, h, w = embeddings.shape
+    e = embeddings.reshape(b, d, h * w)
+    coeff = torch.einsum("bpdt,bdn->bptn", basis, e)
+    sim = coeff.pow(2).sum(2).sqrt() / e.pow(2).sum(1).sqrt().clamp_min(1e-12)[:, None]
+    return sim.reshape(b, -1, h, w)
+
+
+def subpixel_peaks(sim: Float[torch.Tensor, "P H W"]) -> tuple[Float[torch.Tensor, "P 2"], Float[torch.Tensor, "P"]]:
+    """Argmax of each map with a sub-pixel correction (a parabola through the neighbours
+    along each axis), and the peak score."""
+    p, h, w = sim.shape
+    flat = sim.reshape(p, -1)
+    score, idx = flat.max(dim=1)
+    v = torch.div(idx, w, rounding_mode="floor")
+    u = idx % w
+    padded = F.pad(sim[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    rows = torch.arange(p, device=sim.device)
+
+    def offset(minus, centre, plus):
+        denom = minus - 2 * centre + plus
+        return torch.where(denom < -1e-9, 0.5 * (minus - plus) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+
+    c = padded[rows, v + 1, u + 1]
+    du = offset(padded[rows, v + 1, u], c, padded[rows, v + 1, u + 2])
+    dv = offset(padded[rows, v, u + 1], c, padded[rows, v + 2, u + 1])
+    return torch.stack([u + du, v + dv], dim=1).to(sim.dtype), score
+
+
+def soft_target(uv: Float[torch.Tensor, "B P 2"], valid: Bool[torch.Tensor, "B P"], h: int, w: int) -> Float[torch.Tensor, "B P HW"]:
+    """The InfoNCE positive: the true sub-pixel location spread bilinearly over its 4 pixels."""
+    b, p, _ = uv.shape
+    u = uv[..., 0].clamp(0, w - 1 - 1e-4)
+    v = uv[..., 1].clamp(0, h - 1 - 1e-4)
+    u0, v0 = u.floor().long(), v.floor().long()
+    fu, fv = u - u0, v - v0
+    target = torch.zeros(b, p, h * w, device=uv.device, dtype=uv.dtype)
+    for du, dv, wt in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+        idx = ((v0 + dv).clamp(max=h - 1) * w + (u0 + du).clamp(max=w - 1))[..., None]
+        target.scatter_add_(2, idx, (wt * valid)[..., None])
+    return target
