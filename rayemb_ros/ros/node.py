@@ -2,7 +2,7 @@
 
 It translates messages to the core's types and back, and nothing else: pairing frames with
 intrinsics, dropping stale frames, serialising loads and estimates and keeping the health
-record all happen in the runner. Topics, frames and units: ../CONTRACT (README "Node").
+record all happen in the runner. Topics, frames and units: the README's node section.
 
 Threads: the image and CameraInfo callbacks share one callback group and only decode and
 hand over; ~/load_volume has its own group, so a load that takes seconds never delays image
@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -24,8 +26,6 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
-from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
@@ -82,10 +82,8 @@ class RayEmbNode(Node):
         self.create_timer(DIAGNOSTICS_PERIOD_S, lambda: self._publish_diagnostics(self._runner.health))
         if self.params.volume:
             self._runner.submit_load(self.params.volume)
-        self.get_logger().info(
-            f"ready: device={self.params.device}, volume_root={self.params.volume_root!r}, "
-            f"preloading {self.params.volume!r}" if self.params.volume else "ready: waiting for ~/load_volume"
-        )
+        then = f"preloading {self.params.volume!r}" if self.params.volume else "waiting for ~/load_volume"
+        self.get_logger().info(f"ready (device {self.params.device}, volume_root {self.params.volume_root!r}): {then}")
 
     def destroy_node(self) -> None:
         self._runner.close()
