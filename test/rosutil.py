@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
 
 REPO = Path(__file__).resolve().parents[1]
 RAYEMB = Path(sys.executable).parent / "rayemb"
@@ -105,23 +109,29 @@ class NodeProcess:
 
 
 class Inbox:
-    """Messages received on one topic, in order."""
+    """Messages received on one topic, in order, with their receipt times."""
 
     def __init__(self) -> None:
         self.messages: list[Any] = []
+        self.received_ns: list[int] = []  # wall-clock receipt time of each message
         self._lock = threading.Lock()
 
     def __call__(self, msg: Any) -> None:
         with self._lock:
             self.messages.append(msg)
+            self.received_ns.append(time.time_ns())
 
     def snapshot(self) -> list[Any]:
         with self._lock:
             return list(self.messages)
 
-    def wait_for(self, predicate: Callable[[Any], bool], timeout_s: float, what: str) -> Any:
-        """The first message (old or new) for which ``predicate`` holds."""
-        return wait_until(lambda: next((m for m in self.snapshot() if predicate(m)), None), timeout_s, what)
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.messages)
+
+    def wait_for(self, predicate: Callable[[Any], bool], timeout_s: float, what: str, since: int = 0) -> Any:
+        """The first message from index ``since`` on for which ``predicate`` holds."""
+        return wait_until(lambda: next((m for m in self.snapshot()[since:] if predicate(m)), None), timeout_s, what)
 
 
 class Graph:
@@ -171,3 +181,34 @@ class Graph:
         self._thread.join(5.0)
         self._executor.shutdown()
         self.node.destroy_node()
+
+
+def stamp_ns(header: Header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+class Camera:
+    """Publishes frames as a C-arm driver does: a CameraInfo, then the Image, same stamp."""
+
+    def __init__(self, graph: Graph, reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE):
+        qos = QoSProfile(depth=10, reliability=reliability)
+        self._node = graph.node
+        self._image = graph.publisher(Image, "/carm/image", qos)
+        self._info = graph.publisher(CameraInfo, "/carm/camera_info", qos)
+        wait_until(lambda: self._image.get_subscription_count() and self._info.get_subscription_count(), 30,
+                   "the node to subscribe to /carm/image and /carm/camera_info")
+
+    def publish(self, image: Image, K: np.ndarray | None, stamp_ns: int | None = None) -> int:
+        """Publish ``image`` (and a CameraInfo with ``K`` unless None); the stamp (default: now)."""
+        stamp = time.time_ns() if stamp_ns is None else stamp_ns
+        header = Header(stamp=Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id="carm_source")
+        if K is not None:
+            self._info.publish(CameraInfo(header=header, height=image.height, width=image.width,
+                                          k=np.asarray(K, dtype=float).ravel().tolist()))
+        image.header = header
+        self._image.publish(image)
+        return stamp
+
+    def close(self) -> None:
+        self._node.destroy_publisher(self._image)
+        self._node.destroy_publisher(self._info)
