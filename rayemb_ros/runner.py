@@ -172,29 +172,23 @@ class Runner:
         with self._cv:
             self._count(frames_received=1)
             if not self._infos:
-                reason = "no CameraInfo received yet on the camera_info topic"
+                self._reject("no CameraInfo received yet on the camera_info topic")
             elif self._health.volume is None:
                 self._count(dropped_no_volume=1)
                 # One line, not one per frame: the count is on /diagnostics.
                 first = self._health.dropped_no_volume == 1
                 self._event(Level.WARN, "frame dropped: no volume loaded (call ~/load_volume)", log=first)
-                return
             else:
                 if self._frame is not None:
                     self._count(dropped_stale=1)
                 self._frame = frame
                 self._cv.notify()
-                return
-        self.reject(reason, counted=True)
 
-    def reject(self, reason: str, counted: bool = False) -> None:
-        """Report a frame that cannot be used (``counted``: already counted as received)."""
+    def reject(self, reason: str) -> None:
+        """Report a received frame that cannot be used."""
         with self._cv:
-            if not counted:
-                self._count(frames_received=1)
-            self._count(rejected=1)
-            self._health = replace(self._health, last_rejection=reason)
-            self._event(Level.WARN, f"frame rejected: {reason}", log=True)
+            self._count(frames_received=1)
+            self._reject(reason)
 
     def submit_load(self, path: str) -> _Load:
         """Queue a volume load and return at once (wait on ``done``); PathRefused at once."""
@@ -204,25 +198,24 @@ class Runner:
             except PathRefused as exc:
                 self._event(Level.WARN, str(exc), log=True)
                 raise
-            if self._closed:
-                load.error = RuntimeError("shutting down")
-                load.done.set()
-            else:
-                self._loads.append(load)
-                self._cv.notify()
+            self._loads.append(load)
+            self._cv.notify()
         return load
 
     def load_volume(self, path: str) -> VolumeInfo:
         """Load (or replace) the volume and wait for it; raises PathRefused or what the
         estimator raised."""
         load = self.submit_load(path)
-        load.done.wait()
+        while not load.done.wait(0.2):
+            if self._closed:  # do not hold the caller (a service thread) past shutdown
+                raise RuntimeError("shutting down")
         if load.error is not None:
             raise load.error
         assert load.info is not None
         return load.info
 
     def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker after its current job (idempotent); waiting callers are released."""
         with self._cv:
             self._closed = True
             self._cv.notify()
@@ -246,12 +239,8 @@ class Runner:
                 elif frame is not None:
                     self._estimate(frame)
             except Exception as exc:  # a bug must not kill the worker: report it and go on
-                self._locked_event(Level.ERROR, f"internal error: {type(exc).__name__}: {exc}")
-        with self._cv:
-            pending, self._loads = list(self._loads), deque()
-        for load in pending:
-            load.error = RuntimeError("shutting down")
-            load.done.set()
+                with self._cv:
+                    self._event(Level.ERROR, f"internal error: {type(exc).__name__}: {exc}", log=True)
 
     def _load(self, load: _Load) -> None:
         try:
@@ -278,12 +267,14 @@ class Runner:
             info = self._infos.get(frame.stamp_ns) or next(reversed(self._infos.values()))
         height, width = frame.image.shape
         if (info.height, info.width) not in ((height, width), (0, 0)):
-            self.reject(f"image is {width}x{height} but its CameraInfo is {info.width}x{info.height}", counted=True)
+            with self._cv:
+                self._reject(f"image is {width}x{height} but its CameraInfo is {info.width}x{info.height}")
             return
         try:
             image = to_attenuation(frame.image, self._params.image_intensity)
         except ImageError as exc:
-            self.reject(str(exc), counted=True)
+            with self._cv:
+                self._reject(str(exc))
             return
         estimate = self._estimator.estimate(image, info.K)
         latency_ms = (time.monotonic() - frame.received_s) * 1e3
@@ -312,11 +303,12 @@ class Runner:
     def _count(self, **increments: int) -> None:
         self._health = replace(self._health, **{k: getattr(self._health, k) + v for k, v in increments.items()})
 
+    def _reject(self, reason: str) -> None:
+        self._count(rejected=1)
+        self._health = replace(self._health, last_rejection=reason)
+        self._event(Level.WARN, f"frame rejected: {reason}", log=True)
+
     def _event(self, level: Level, message: str, log: bool) -> None:
         self._health = replace(self._health, level=level, message=message)
         # Reported under the lock so that listeners see events in order.
         self._on_event(self._health, log)
-
-    def _locked_event(self, level: Level, message: str) -> None:
-        with self._cv:
-            self._event(level, message, log=True)

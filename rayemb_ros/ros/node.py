@@ -85,8 +85,12 @@ class RayEmbNode(Node):
         then = f"preloading {self.params.volume!r}" if self.params.volume else "waiting for ~/load_volume"
         self.get_logger().info(f"ready (device {self.params.device}, volume_root {self.params.volume_root!r}): {then}")
 
-    def destroy_node(self) -> None:
+    def stop(self) -> None:
+        """Stop estimating and loading (idempotent); the node stays on the graph."""
         self._runner.close()
+
+    def destroy_node(self) -> None:
+        self.stop()
         super().destroy_node()
 
     # --- parameters: read once at start ---
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # rclpy's signal handlers shut the context down: a normal stop
     finally:
+        node.stop()  # first, so that no callback still waits on the worker
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
