@@ -194,10 +194,10 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         if step % config.val_every == 0 or step == config.steps:
             encoder.eval()
             val_px = localisation_error(encoder, val, config.templates)
-            history.append({"step": step, "loss": float(loss), "val_px": val_px, "seconds": time.time() - started})
+            history.append({"step": step, "loss": loss.item(), "val_px": val_px, "seconds": time.time() - started})
         if step % config.ckpt_every == 0 or step == config.steps:
             save_state()
-        bar.set_postfix(loss=f"{float(loss):.3f}", val_px=f"{val_px:.2f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_px=f"{val_px:.2f}")
         bar.update(1)
     bar.close()
     encoder.eval()
