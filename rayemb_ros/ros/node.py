@@ -183,7 +183,8 @@ class RayEmbNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node until SIGINT/SIGTERM; 2 for a bad parameter. ``argv`` as rclpy takes it."""
+    """Run the node until SIGINT/SIGTERM: 0, or 2 for a bad parameter and 1 when it cannot
+    start. ``argv`` as rclpy takes it (None: sys.argv)."""
     rclpy.init(args=argv)
     try:
         node = RayEmbNode()
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"bad parameter: {exc}")
         rclpy.try_shutdown()
         return 2
+    except Exception as exc:  # e.g. an unreadable checkpoint: one clear line, not a traceback
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {type(exc).__name__}: {exc}")
+        rclpy.try_shutdown()
+        return 1
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
