@@ -58,12 +58,10 @@ def plan(volume: Volume, frames: int, seed: int, height: int, width: int) -> lis
 def _line_integrals(volume: Volume, renderer: str) -> Callable[[Shot], Float[np.ndarray, "H W"]]:
     from rayemb_ros import render  # torch and the renderers load only when frames are made
 
-    if renderer == "diffdrr":
-        return lambda shot: render.render_diffdrr(volume, shot.T_ct_source[None], shot.detector)[0]
-    if renderer == "nanodrr":
-        drr = render.NanoRenderer(volume)
-        return lambda shot: drr.render_np(shot.T_ct_source[None], shot.detector)[0]
-    raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+    if renderer not in RENDERERS:
+        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+    drr = render.DiffdrrRenderer(volume) if renderer == "diffdrr" else render.NanoRenderer(volume)
+    return lambda shot: drr.render_np(shot.T_ct_source[None], shot.detector)[0]
 
 
 def simulate_frames(

@@ -1,0 +1,217 @@
+"""The RayEmb estimator: one fluoroscopy frame + a loaded CT -> a C-arm pose, or an honest no.
+
+``Estimator.load_volume`` does everything that depends only on the CT, once: template DRRs
+(from the cache), their embeddings, M landmark candidates in bone, and for each landmark an
+orthonormal basis of its ray embeddings in the templates that see it. ``estimate`` then
+costs one encoder pass, one batched similarity, PnP, and (optionally) refinement.
+
+No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call this API.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from .camera import depth, project, resize_image
+from .checkpoint import load_encoder
+from .params import Params
+from .pnp import solve_pnp
+from .poses import reference_detector, template_poses
+from .render import TemplateBank, template_bank
+from .result import Estimate, Landmarks, VolumeInfo
+from .subspace import sample_embeddings, similarity, subpixel_peaks, subspace_basis
+from .train import pick_device
+from .volume import Volume, VolumeError, load_volume, sample_landmarks
+
+__all__ = ["Estimator", "VolumeError", "Scene"]
+
+# Pixel errors and thresholds are quoted per 256 px of image width, so that one setting
+# means the same angular tolerance at any resolution.
+_REFERENCE_WIDTH = 256.0
+_SIM_CHUNK = 128  # landmarks per similarity batch (bounds memory at ~50 MB)
+
+
+@dataclass
+class Scene:
+    """Everything prepared for one CT."""
+
+    volume: Volume
+    bank: TemplateBank
+    landmarks: Float[np.ndarray, "M 3"]  # mm, ct
+    basis: Float[torch.Tensor, "M D K"]  # orthonormal, on the estimator's device
+    source: str
+
+
+def spread_views(directions: Float[np.ndarray, "T 3"], candidates: np.ndarray, k: int) -> np.ndarray:
+    """``k`` of the candidate templates whose viewing directions are farthest apart (greedy),
+    starting from the one nearest the candidates' mean direction. Widely spread templates
+    give less correlated errors than the k most similar ones."""
+    d = directions[candidates]
+    chosen = [int(np.argmax(d @ d.mean(0)))]
+    gap = 1 - d @ d[chosen[0]]
+    for _ in range(k - 1):
+        chosen.append(int(np.argmax(gap)))
+        gap = np.minimum(gap, 1 - d @ d[chosen[-1]])
+    return candidates[chosen]
+
+
+class Estimator:
+    def __init__(self, params: Params = Params()):
+        self.params = params.validated()
+        self.device = pick_device(params.device)
+        self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
+        self.image_size = self.encoder.config.image_size
+        self._scene: Scene | None = None
+        self._refiner = None
+        self._lock = threading.Lock()  # a load swaps the scene while estimates may run
+
+    @property
+    def has_volume(self) -> bool:
+        return self._scene is not None
+
+    @property
+    def scene(self) -> Scene | None:
+        return self._scene
+
+    # ---------------------------------------------------------------- preload
+    def load_volume(self, path: str) -> VolumeInfo:
+        """Load a CT (file, DICOM folder or ``example``) and prepare it; replaces any previous one.
+
+        Raises VolumeError (absent, unreadable, not a CT) and leaves the current scene as is.
+        """
+        started = time.perf_counter()
+        volume = load_volume(path)
+        scene = self.prepare(volume, path)
+        with self._lock:
+            self._scene = scene
+            self._refiner = None
+        return VolumeInfo(
+            path=path,
+            num_landmarks=len(scene.landmarks),
+            load_seconds=time.perf_counter() - started,
+            shape=volume.shape,
+            spacing_mm=volume.spacing,
+        )
+
+    def prepare(self, volume: Volume, source: str = "") -> Scene:
+        p = self.params
+        detector = reference_detector(self.image_size, self.image_size)
+        poses = template_poses(p.num_templates, volume.center)
+        bank = template_bank(volume, detector, poses, self.device)
+        landmarks = sample_landmarks(volume, p.num_landmarks, seed=0)
+
+        uv = project(detector.K, poses, np.broadcast_to(landmarks, (len(poses), *landmarks.shape)))  # T M 2
+        margin = 3.0
+        visible = ((uv >= margin) & (uv <= np.array([detector.width, detector.height]) - 1 - margin)).all(-1)
+        with torch.no_grad():
+            emb = []
+            for i in range(0, len(poses), 8):
+                e = self.encoder(torch.as_tensor(bank.images[i : i + 8, None], device=self.device))
+                emb.append(sample_embeddings(e, torch.as_tensor(uv[i : i + 8], dtype=torch.float32, device=self.device)))
+            emb = torch.cat(emb)  # T M D
+        directions = poses[:, :3, 2]
+        k = p.templates_per_landmark
+        keep, chosen = [], []
+        for m in range(len(landmarks)):
+            seen = np.flatnonzero(visible[:, m])
+            if len(seen) >= k:
+                keep.append(m)
+                chosen.append(spread_views(directions, seen, k))
+        if len(keep) < max(p.min_inliers, 6):
+            raise VolumeError(f"only {len(keep)} landmarks are visible in enough templates; is this a CT of bone?")
+        keep_t = torch.as_tensor(keep, device=self.device)
+        chosen_t = torch.as_tensor(np.stack(chosen), device=self.device)  # M K
+        f = emb[chosen_t, keep_t[:, None]]  # M K D
+        return Scene(volume, bank, landmarks[keep], subspace_basis(f), source)
+
+    # ---------------------------------------------------------------- per frame
+    def estimate(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Estimate:
+        """Register one frame (attenuation intensity, any scale and size; ``K`` of that image)."""
+        started = time.perf_counter()
+        stage: dict[str, float] = {}
+        scene = self._scene
+        if scene is None:
+            return Estimate.refused("no volume loaded")
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 2 or min(image.shape) < 16:
+            return Estimate.refused(f"image must be a 2D frame of at least 16x16 pixels, got shape {image.shape}")
+        if not np.isfinite(image).all():
+            return Estimate.refused("image contains NaN or Inf")
+        if image.max() == image.min():
+            return Estimate.refused("constant image")
+        h, w = image.shape
+        scale = _REFERENCE_WIDTH / w  # input pixels -> reference pixels
+
+        def tick(name: str, since: float) -> float:
+            now = time.perf_counter()
+            stage[name] = (now - since) * 1000
+            return now
+
+        t = started
+        work_w = self.image_size
+        work_h = max(self.encoder.stride, int(round(h * work_w / w / self.encoder.stride)) * self.encoder.stride)
+        small, _ = resize_image(image, K, work_h, work_w)
+        with torch.no_grad():
+            emb = self.encoder(torch.as_tensor(small, device=self.device)[None, None])
+            t = tick("encoder", t)
+            uv_chunks, score_chunks = [], []
+            for i in range(0, len(scene.basis), _SIM_CHUNK):
+                sim = similarity(scene.basis[None, i : i + _SIM_CHUNK], emb)[0]
+                uv_c, s_c = subpixel_peaks(sim)
+                uv_chunks.append(uv_c)
+                score_chunks.append(s_c)
+            uv_small = torch.cat(uv_chunks).cpu().numpy().astype(np.float64)
+            scores = torch.cat(score_chunks).cpu().numpy().astype(np.float64)
+        t = tick("similarity", t)
+        # back to input pixels (pixel centres at integers on both grids)
+        uv = (uv_small + 0.5) * np.array([w / work_w, h / work_h]) - 0.5
+        best = np.argsort(-scores)[: self.params.num_keep]
+        points, uv, scores = scene.landmarks[best], uv[best], scores[best]
+
+        pnp = solve_pnp(points, uv, K, self.params.ransac_threshold_px / scale)
+        t = tick("pnp", t)
+        landmarks = Landmarks(points, uv, scores, pnp.inliers)
+        reproj = pnp.reprojection_error_px * scale
+        num_inliers = int(pnp.inliers.sum())
+        common = dict(num_inliers=num_inliers, reprojection_error_px=reproj, stage_ms=stage)
+        reason = self._distrust(pnp.T_ct_source, scene, num_inliers, len(points), reproj)
+        if reason:
+            stage["total"] = (time.perf_counter() - started) * 1000
+            return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
+        T = pnp.T_ct_source
+        if self.params.refine:
+            T = self._refine(scene, image, K, T)
+            t = tick("refine", t)
+        stage["total"] = (time.perf_counter() - started) * 1000
+        return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
+
+    def _distrust(self, T, scene: Scene, num_inliers: int, num_points: int, reproj: float) -> str:
+        """Why a PnP pose must not be published, or "" when it passes every gate."""
+        p = self.params
+        if T is None:
+            return "PnP found no consistent pose"
+        if num_inliers < p.min_inliers:
+            return f"too few inliers ({num_inliers} < {p.min_inliers})"
+        if num_inliers < p.min_inlier_ratio * num_points:
+            return f"inlier ratio {num_inliers / num_points:.2f} below {p.min_inlier_ratio:.2f}"
+        if not reproj <= p.max_reprojection_error_px:
+            return f"reprojection error {reproj:.2f} px above {p.max_reprojection_error_px:.2f}"
+        z = depth(T, scene.volume.center[None])[0]
+        if not 200.0 < z < 2500.0:
+            return f"implausible pose: CT centre {z:.0f} mm from the source along the beam"
+        return ""
+
+    def _refine(self, scene: Scene, image, K, T):
+        from .refine import Refiner
+
+        with self._lock:
+            if self._refiner is None or self._refiner.volume is not scene.volume:
+                self._refiner = Refiner(scene.volume, self.device)
+            refiner = self._refiner
+        return refiner.refine(image, K, T, steps=self.params.refine_steps)
