@@ -214,4 +214,5 @@ class Estimator:
             if self._refiner is None or self._refiner.volume is not scene.volume:
                 self._refiner = Refiner(scene.volume, self.device)
             refiner = self._refiner
-        return refiner.refine(image, K, T, steps=self.params.refine_steps)
+        refined, _, _ = refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
+        return refined
