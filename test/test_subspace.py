@@ -1,0 +1,59 @@
+"""The subspace maths on known cases, and PnP on exact correspondences."""
+
+import numpy as np
+import torch
+
+from rayemb_ros.camera import Detector, project
+from rayemb_ros.pnp import solve_pnp
+from rayemb_ros.poses import carm_pose
+from rayemb_ros.subspace import sample_embeddings, similarity, soft_target, subpixel_peaks, subspace_basis
+
+
+def test_similarity_is_one_inside_the_span_and_zero_orthogonal():
+    torch.manual_seed(0)
+    d, t = 32, 4
+    templates = torch.randn(1, 1, t, d)  # B P T D
+    basis = subspace_basis(templates)
+    assert torch.allclose(basis[0, 0].T @ basis[0, 0], torch.eye(t), atol=1e-5)
+    inside = (torch.randn(t) @ templates[0, 0])  # a combination of the templates
+    outside = torch.randn(d)
+    outside = outside - basis[0, 0] @ (basis[0, 0].T @ outside)  # orthogonal to the span
+    emb = torch.stack([inside, outside, inside * -3.0], dim=1).reshape(1, d, 1, 3)
+    sim = similarity(basis, emb)[0, 0, 0]
+    assert abs(float(sim[0]) - 1) < 1e-5
+    assert abs(float(sim[1])) < 1e-5
+    assert abs(float(sim[2]) - 1) < 1e-5  # scale and sign do not matter
+
+
+def test_sample_embeddings_reads_pixel_centres_at_integers():
+    emb = torch.arange(2 * 4 * 5, dtype=torch.float32).reshape(1, 2, 4, 5)
+    uv = torch.tensor([[[3.0, 2.0], [0.0, 0.0], [1.5, 1.0]]])
+    got = sample_embeddings(emb, uv)[0]
+    assert torch.allclose(got[0], emb[0, :, 2, 3])
+    assert torch.allclose(got[1], emb[0, :, 0, 0])
+    assert torch.allclose(got[2], (emb[0, :, 1, 1] + emb[0, :, 1, 2]) / 2)
+
+
+def test_subpixel_peak_and_soft_target_agree():
+    h, w = 20, 30
+    uv = torch.tensor([[[12.3, 7.6]]])
+    target = soft_target(uv, torch.ones(1, 1, dtype=torch.bool), h, w).reshape(1, h, w)
+    assert abs(float(target.sum()) - 1) < 1e-6
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    blob = torch.exp(-((xx - 12.3) ** 2 + (yy - 7.6) ** 2) / 4.0)[None]
+    peak, score = subpixel_peaks(blob)
+    assert torch.allclose(peak[0], uv[0, 0], atol=0.15)
+    assert float(score[0]) > 0.9
+
+
+def test_pnp_recovers_a_known_pose_from_exact_correspondences():
+    det = Detector(1020, 256, 256, 280 / 256, 280 / 256, 4.0, -6.0)
+    T = carm_pose(np.array([5.0, -10.0, -170.0]), 18, -9, 4, 780)
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-90, 90, (120, 3)) + np.array([5.0, -10.0, -170.0])
+    uv = project(det.K, T, X)
+    uv[:25] += rng.uniform(-40, 40, (25, 2))  # 20 % gross outliers
+    result = solve_pnp(X, uv, det.K, threshold_px=2.0)
+    assert result.inliers[25:].all() and not result.inliers[:25].any()
+    np.testing.assert_allclose(result.T_ct_source, T, atol=1e-4)
+    assert result.reprojection_error_px < 1e-6
