@@ -28,15 +28,18 @@ def save_weights(path: str | Path, encoder: Encoder, info: dict) -> None:
     path.with_suffix(path.suffix + ".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_encoder(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
-    """The encoder in eval mode on ``device`` and its metadata; the shipped default when no path."""
+def load_encoder(
+    path: str | Path | None = None, device: str | torch.device = "cpu", model: type[Encoder] = Encoder
+) -> tuple[Encoder, dict]:
+    """The encoder in eval mode on ``device`` and its metadata; the shipped default when no path.
+    ``model``: an Encoder subclass with another head (built from the same config)."""
     path = Path(path) if path else DEFAULT_CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(blob["meta_json"])
-        encoder = Encoder(EncoderConfig.from_dict(meta["encoder"]))
+        encoder = model(EncoderConfig.from_dict(meta["encoder"]))
         encoder.load_state_dict(blob["model"])
     except Exception as exc:
         raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc

@@ -63,6 +63,11 @@ class Encoder(nn.Module):
         return 2 ** (len(self.config.widths) - 1)
 
     def forward(self, images: Float[torch.Tensor, "B 1 H W"]) -> Float[torch.Tensor, "B D H W"]:
+        return F.normalize(self.head(self.features(images)), dim=1)
+
+    def features(self, images: Float[torch.Tensor, "B 1 H W"]) -> Float[torch.Tensor, "B C H W"]:
+        """The UNet body's last feature map (C = widths[0]), before the head: other heads
+        (e.g. the fixed-landmark heatmaps) reuse it."""
         b, _, h, w = images.shape
         ys = torch.linspace(-1, 1, h, device=images.device, dtype=images.dtype)
         xs = torch.linspace(-1, 1, w, device=images.device, dtype=images.dtype)
@@ -74,4 +79,4 @@ class Encoder(nn.Module):
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
-        return F.normalize(self.head(x), dim=1)
+        return x

@@ -18,12 +18,14 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 
 from .camera import Detector, project
 from .checkpoint import save_weights
@@ -99,16 +101,23 @@ class PairSampler:
         inside = lambda uv: ((uv >= margin) & (uv <= s - 1 - margin)).all(-1)  # noqa: E731
         valid = inside(uv_q) & inside(uv_t).reshape(b, t, p).all(1)
 
+        queries = self.render_queries(rng, q_poses, q_dets)
+        with torch.no_grad():  # clean templates, with the contrast the queries were drawn with
+            templates = self.renderer.render(torch.as_tensor(t_poses), self.template_detector)[:, None]
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        return Batch(queries, templates, as_t(uv_q), as_t(uv_t), torch.as_tensor(valid, device=self.device))
+
+    def render_queries(
+        self, rng: np.random.Generator, poses: Float[np.ndarray, "B 4 4"], detectors: list[Detector]
+    ) -> Float[torch.Tensor, "B 1 S S"]:
+        """Realistic fluoroscopy frames at the poses: DRRs degraded by a random acquisition style."""
         # Vary the HU -> attenuation mapping so that bone/soft-tissue contrast is not learned
         # as a constant (other renderers and real detectors differ).
         self.renderer.subject.set_mu(mu_bone=float(rng.uniform(0.035, 0.09)))
         with torch.no_grad():
-            clean = self.renderer.render(torch.as_tensor(q_poses), q_dets)[:, None]
-            templates = self.renderer.render(torch.as_tensor(t_poses), self.template_detector)[:, None]
+            clean = self.renderer.render(torch.as_tensor(poses), detectors)[:, None]
             gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-            queries = apply_batch(clean, [sample_style(rng) for _ in range(b)], gen)
-        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
-        return Batch(queries, templates, as_t(uv_q), as_t(uv_t), torch.as_tensor(valid, device=self.device))
+            return apply_batch(clean, [sample_style(rng) for _ in detectors], gen)
 
 
 def batch_similarity(encoder: Encoder, batch: Batch, templates_per_query: int) -> torch.Tensor:
@@ -144,13 +153,38 @@ def localisation_error(encoder: Encoder, batches: list[Batch], templates_per_que
 
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     """Train (or resume) and write the weights to ``out``; returns the summary metrics."""
-    from tqdm import tqdm
-
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     sampler = PairSampler(config, device)
     encoder = Encoder(config.encoder).to(device)
-    opt = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    val_rng = np.random.default_rng([config.seed, 2**31])
+    val = [sampler.sample(val_rng) for _ in range(max(1, config.val_frames // config.batch))]
+
+    def step_loss(step: int) -> torch.Tensor:
+        batch = sampler.sample(np.random.default_rng([config.seed, step]))
+        return infonce_loss(batch_similarity(encoder, batch, config.templates), batch, config.tau)
+
+    summary = fit(encoder, config, out, step_loss, lambda: localisation_error(encoder, val, config.templates), progress)
+    save_weights(out, encoder.cpu(), {"train": _config_json(config), "metrics": summary})
+    return summary
+
+
+def fit(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    out: Path,
+    step_loss: Callable[[int], torch.Tensor],
+    validate: Callable[[], float],
+    progress: bool = True,
+) -> dict:
+    """The resumable training loop: AdamW with warm-up and cosine decay on ``step_loss(step)``,
+    ``validate()`` (a median pixel error) every ``val_every`` steps, the training state saved
+    beside ``out`` every ``ckpt_every`` steps and picked up again by the same call. Uses
+    ``config``'s steps, lr, weight_decay, warmup, val_every and ckpt_every; returns the summary
+    (``val_px_median``, ``steps``, ``history``) with the model in eval mode."""
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < config.warmup:
@@ -162,17 +196,15 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     state_path = out.with_name(out.name + ".train-state.pt")
     step, history = 0, []
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        encoder.load_state_dict(state["model"])
+        state = torch.load(state_path, map_location=next(model.parameters()).device, weights_only=True)
+        model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history = int(state["step"]), json.loads(state["history_json"])
-    val_rng = np.random.default_rng([config.seed, 2**31])
-    val = [sampler.sample(val_rng) for _ in range(max(1, config.val_frames // config.batch))]
 
     def save_state():
         torch.save(
-            {"model": encoder.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "step": step, "history_json": json.dumps(history)},
             state_path.with_suffix(".tmp"),
         )
@@ -182,28 +214,26 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
     val_px = history[-1]["val_px"] if history else float("nan")
     while step < config.steps:
-        encoder.train()
-        batch = sampler.sample(np.random.default_rng([config.seed, step]))
-        loss = infonce_loss(batch_similarity(encoder, batch, config.templates), batch, config.tau)
+        model.train()
+        loss = step_loss(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         step += 1
         if step % config.val_every == 0 or step == config.steps:
-            encoder.eval()
-            val_px = localisation_error(encoder, val, config.templates)
+            model.eval()
+            with torch.no_grad():
+                val_px = validate()
             history.append({"step": step, "loss": loss.item(), "val_px": val_px, "seconds": time.time() - started})
         if step % config.ckpt_every == 0 or step == config.steps:
             save_state()
         bar.set_postfix(loss=f"{loss.item():.3f}", val_px=f"{val_px:.2f}")
         bar.update(1)
     bar.close()
-    encoder.eval()
-    summary = {"val_px_median": val_px, "steps": step, "history": history}
-    save_weights(out, encoder.cpu(), {"train": _config_json(config), "metrics": summary})
-    return summary
+    model.eval()
+    return {"val_px_median": val_px, "steps": step, "history": history}
 
 
 def _config_json(config: TrainConfig) -> dict:
