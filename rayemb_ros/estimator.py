@@ -25,7 +25,7 @@ from .pnp import solve_pnp
 from .poses import reference_detector, template_poses
 from .render import TemplateBank, template_bank
 from .result import Estimate, Landmarks, VolumeInfo
-from .subspace import sample_embeddings, similarity, subpixel_peaks, subspace_basis
+from .subspace import coarse_to_fine_peaks, sample_embeddings, subspace_basis
 from .train import pick_device
 from .volume import Volume, VolumeError, load_volume, sample_landmarks
 
@@ -34,7 +34,6 @@ __all__ = ["Estimator", "VolumeError", "Scene"]
 # Pixel errors and thresholds are quoted per 256 px of image width, so that one setting
 # means the same angular tolerance at any resolution.
 _REFERENCE_WIDTH = 256.0
-_SIM_CHUNK = 128  # landmarks per similarity batch (bounds memory at ~50 MB)
 
 
 @dataclass
@@ -160,14 +159,9 @@ class Estimator:
         with torch.no_grad():
             emb = self.encoder(torch.as_tensor(small, device=self.device)[None, None])
             t = tick("encoder", t)
-            uv_chunks, score_chunks = [], []
-            for i in range(0, len(scene.basis), _SIM_CHUNK):
-                sim = similarity(scene.basis[None, i : i + _SIM_CHUNK], emb)[0]
-                uv_c, s_c = subpixel_peaks(sim)
-                uv_chunks.append(uv_c)
-                score_chunks.append(s_c)
-            uv_small = torch.cat(uv_chunks).cpu().numpy().astype(np.float64)
-            scores = torch.cat(score_chunks).cpu().numpy().astype(np.float64)
+            uv_small, scores = coarse_to_fine_peaks(scene.basis, emb[0])
+            uv_small = uv_small.cpu().numpy().astype(np.float64)
+            scores = scores.cpu().numpy().astype(np.float64)
         t = tick("similarity", t)
         # back to input pixels (pixel centres at integers on both grids)
         uv = (uv_small + 0.5) * np.array([w / work_w, h / work_h]) - 0.5

@@ -6,7 +6,14 @@ import torch
 from rayemb_ros.camera import Detector, project
 from rayemb_ros.pnp import solve_pnp
 from rayemb_ros.poses import carm_pose
-from rayemb_ros.subspace import sample_embeddings, similarity, soft_target, subpixel_peaks, subspace_basis
+from rayemb_ros.subspace import (
+    coarse_to_fine_peaks,
+    sample_embeddings,
+    similarity,
+    soft_target,
+    subpixel_peaks,
+    subspace_basis,
+)
 
 
 def test_similarity_is_one_inside_the_span_and_zero_orthogonal():
@@ -57,3 +64,24 @@ def test_pnp_recovers_a_known_pose_from_exact_correspondences():
     assert result.inliers[25:].all() and not result.inliers[:25].any()
     np.testing.assert_allclose(result.T_ct_source, T, atol=1e-4)
     assert result.reprojection_error_px < 1e-6
+
+
+def test_coarse_to_fine_finds_the_full_resolution_peaks():
+    torch.manual_seed(1)
+    d, t, h, w = 16, 3, 40, 48
+    emb = torch.nn.functional.normalize(torch.randn(d, h, w), dim=0)
+    # Plant, for each landmark, its subspace at one pixel: the full map peaks there at 1.
+    spots = [(5, 7), (30, 40), (0, 47), (39, 0), (20, 21)]
+    basis = []
+    for v, u in spots:
+        q = torch.linalg.qr(torch.randn(d, t))[0]
+        emb[:, v, u] = q[:, 0]
+        # a 3 x 3 peak, as wide as real ones: every 3 x 3 block holds a coarse (even, even) pixel
+        for dv, du in ((dv, du) for dv in (-1, 0, 1) for du in (-1, 0, 1) if dv or du):
+            if 0 <= v + dv < h and 0 <= u + du < w:
+                emb[:, v + dv, u + du] = torch.nn.functional.normalize(q[:, 0] + 0.3 * emb[:, v + dv, u + du], dim=0)
+        basis.append(q)
+    basis = torch.stack(basis)
+    full_uv, full_score = subpixel_peaks(similarity(basis[None], emb[None])[0])
+    uv, score = coarse_to_fine_peaks(basis, emb)
+    assert torch.allclose(uv, full_uv, atol=1e-5) and torch.allclose(score, full_score, atol=1e-5)
