@@ -1,0 +1,283 @@
+"""``rayemb replay BAG --volume CT --out DIR``: register every image of a bag and evaluate.
+
+Writes (../shared/CONTRACT.md, "`rayemb replay` output"):
+
+* ``DIR/estimates.jsonl``: one object per image in bag order (``records.FrameRecord``);
+* ``DIR/metrics.json`` when the bag has ground truth: mTRE percentiles and GFR@10/@5 over
+  every frame with ground truth (a frame without a pose counts as a failure; see
+  ``metrics``), latency percentiles, frame counts, and what the numbers are over;
+* ``DIR/report.html`` with PNG figures beside it (``report``).
+
+In process (default) the estimator runs here, frame after frame; the latency is the
+estimator's own. With ``--via-node`` the registration is `rayemb node` in its own process,
+fed over DDS (``ros.bag_player``); the latency is then the node's, from receiving the image
+to publishing its result, and the report's heatmaps come from an estimator loaded here once
+the node is done. ROS is imported only for ``--via-node``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayemb_ros.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC, read_bag
+from rayemb_ros.images import ImageError
+from rayemb_ros.intensity import to_attenuation
+from rayemb_ros.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
+from rayemb_ros.params import DEVICES, IMAGE_INTENSITIES, ParamError, Params
+from rayemb_ros.records import FrameRecord, json_safe, write_estimates
+
+GFR_TRUST_MM = 10.0  # a pose worse than this should have been refused
+HEATMAP_LANDMARKS = 4
+
+
+@dataclass(frozen=True)
+class Topics:
+    image: str = IMAGE_TOPIC
+    info: str = INFO_TOPIC
+    pose: str = POSE_TOPIC
+
+    def read(self, bag: Path):
+        """The bag's frames (``bags.read_bag``) on these topics."""
+        return read_bag(bag, image_topic=self.image, info_topic=self.info, pose_topic=self.pose)
+
+
+@dataclass
+class Evaluation:
+    mtre_mm: list[float | None]  # per record: None without ground truth, inf without a pose
+    mtre_initial_mm: list[float | None] | None  # per record, of the PnP poses (refinement runs only)
+    metrics: dict[str, Any]  # metrics.json (with inf where JSON gets null)
+
+
+@dataclass
+class Replay:
+    records: list[FrameRecord]
+    evaluation: Evaluation | None
+    out: Path
+    report: Path
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot go on (e.g. the node did not load the CT); the message says why."""
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def prepare_image(frame, intensity: str) -> np.ndarray | str:
+    """The attenuation image the estimator gets, or the reason the frame is unusable."""
+    if isinstance(frame.image, ImageError):
+        return str(frame.image)
+    if frame.K is None:
+        return "no CameraInfo at or before this image's stamp"
+    try:
+        return to_attenuation(frame.image, intensity)
+    except ImageError as exc:
+        return str(exc)
+
+
+def register_in_process(estimator, bag: Path, topics: Topics, intensity: str):
+    """FrameRecords of the bag's images, estimated here one after the other (lazily)."""
+    for index, frame in enumerate(topics.read(bag)):
+        image = prepare_image(frame, intensity)
+        if isinstance(image, str):
+            yield FrameRecord.unusable(index, frame, image)
+        else:
+            yield FrameRecord.of_estimate(index, frame, estimator.estimate(image, frame.K))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(records: list[FrameRecord], volume, candidates_known: bool, refine: bool) -> Evaluation | None:
+    """Accuracy against the bag's ground truth (None when it has none), latency, counts.
+
+    ``candidates_known``: the records carry the PnP pose of refused frames too (in process),
+    so the trust decision itself can be judged: how many bad poses were refused.
+    """
+    evaluated = [r for r in records if r.T_gt is not None]
+    if not evaluated:
+        return None
+    points = target_points(volume)
+    mtre = [None if r.T_gt is None else frame_mtre(r.T_ct_source, r.T_gt, points) for r in records]
+    latency = [r.latency_ms for r in records if r.latency_ms is not None]
+    metrics: dict[str, Any] = {
+        "frames": len(records),
+        "frames_ok": sum(r.ok for r in records),
+        "frames_unusable": sum(r.latency_ms is None for r in records),
+        **accuracy_summary([m for m in mtre if m is not None]),
+        "latency_ms": latency_summary(latency),
+        "target_points": {"count": len(points), "definition": TARGET_DEFINITION},
+    }
+    mtre_initial = None
+    if refine and candidates_known:
+        mtre_initial = [None if r.T_gt is None else frame_mtre(r.T_initial if r.ok else None, r.T_gt, points)
+                        for r in records]
+        metrics["initial"] = accuracy_summary([m for m in mtre_initial if m is not None])
+    if candidates_known:
+        metrics["trust"] = _trust(evaluated, points)
+    metrics["per_frame_mtre_mm"] = mtre
+    return Evaluation(mtre, mtre_initial, metrics)
+
+
+def _trust(evaluated: list[FrameRecord], points) -> dict[str, Any]:
+    """How well ``ok`` separates good poses from bad ones: each frame's candidate pose (the
+    published one, else the refused PnP pose; none = infinitely bad) against GFR_TRUST_MM."""
+    bad = [frame_mtre(r.T_ct_source if r.ok else r.T_initial, r.T_gt, points) > GFR_TRUST_MM for r in evaluated]
+    refused_bad = sum(b and not r.ok for b, r in zip(bad, evaluated))
+    return {
+        "threshold_mm": GFR_TRUST_MM,
+        "frames_over_threshold": sum(bad),
+        "refused_of_those_percent": 100.0 * refused_bad / sum(bad) if any(bad) else math.nan,
+        "accepted_over_threshold": sum(b and r.ok for b, r in zip(bad, evaluated)),
+        "ok_percent": 100.0 * sum(r.ok for r in evaluated) / len(evaluated),
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _shown_record(records: list[FrameRecord], mtre: list[float | None]) -> FrameRecord | None:
+    """The frame to draw: the ok frame of median mTRE (typical, not the best), else the first
+    ok frame, else the first with landmarks."""
+    ranked = sorted((m, i) for i, m in enumerate(mtre) if m is not None and math.isfinite(m))
+    if ranked:
+        return records[ranked[len(ranked) // 2][1]]
+    return next((r for r in records if r.ok), None) or next((r for r in records if len(r.landmarks)), None)
+
+
+def _heatmaps(estimator, record: FrameRecord, image):
+    from rayemb_ros.heatmaps import landmark_heatmaps, pick_landmarks
+
+    chosen = pick_landmarks(record.landmarks, HEATMAP_LANDMARKS)
+    lm = record.landmarks
+    titles = [f"score {lm.scores[j]:.2f}, {'inlier' if lm.inliers[j] else 'outlier'}" for j in chosen]
+    return landmark_heatmaps(estimator, image, record.K, lm.points_ct[chosen]), titles
+
+
+def _write_report(out: Path, bag: Path, topics: Topics, params: Params, records, evaluation, volume, estimator,
+                 facts: dict[str, str], notes: list[str]) -> Path:
+    from rayemb_ros.report import ReportData, write_report as write_page
+
+    mtre = evaluation.mtre_mm if evaluation else [None] * len(records)
+    data = ReportData(
+        title=f"rayemb replay: {bag.name}", facts=facts, records=records,
+        metrics=evaluation.metrics if evaluation else None, mtre_mm=mtre,
+        mtre_initial_mm=evaluation.mtre_initial_mm if evaluation else None, volume=volume,
+        refined=params.refine, notes=notes,
+    )
+    shown = _shown_record(records, mtre)
+    if shown is not None:
+        frame = next(f for i, f in enumerate(topics.read(bag)) if i == shown.index)
+        data.shown, data.shown_image = shown, to_attenuation(frame.image, params.image_intensity)
+        if len(shown.landmarks) and estimator is not None:
+            data.heatmaps, data.heatmap_titles = _heatmaps(estimator, shown, data.shown_image)
+    return write_page(out, data)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topics = Topics(),
+           via_node: bool = False) -> Replay:
+    """Register, evaluate and write DIR's files. Raises VolumeError, ReplayError."""
+    from tqdm import tqdm
+
+    from rayemb_ros.estimator import Estimator
+    from rayemb_ros.volume import load_volume
+
+    out.mkdir(parents=True, exist_ok=True)
+    progress = dict(desc="replay", unit="frame", file=sys.stderr)
+    estimator = None
+    if via_node:
+        from rayemb_ros.ros.bag_player import play_through_node
+
+        volume = load_volume(volume_spec)  # fails here, before a node starts, for a bad path
+        records = play_through_node(bag, volume_spec, params, topics, out / "node.log", progress)
+    else:
+        estimator = Estimator(params)
+        estimator.load_volume(volume_spec)
+        volume = estimator.scene.volume
+        records = list(tqdm(register_in_process(estimator, bag, topics, params.image_intensity), **progress))
+    write_estimates(out / "estimates.jsonl", records)
+    evaluation = evaluate(records, volume, candidates_known=not via_node, refine=params.refine)
+    if evaluation is not None:
+        (out / "metrics.json").write_text(json.dumps(json_safe(evaluation.metrics), indent=1, allow_nan=False) + "\n")
+    notes = []
+    if via_node:
+        notes.append("Registered by `rayemb node` in its own process over DDS; latency = the node's, from "
+                     "receiving the image to publishing its result. The node publishes final poses only, so "
+                     "refused frames' PnP poses (and the trust numbers) are not known in this mode.")
+        if any(len(r.landmarks) for r in records):
+            estimator = Estimator(params)  # for the heatmaps only, once the node is done
+            estimator.load_volume(volume_spec)
+    facts = {"bag": str(bag), "volume": volume_spec, "mode": "via node (DDS)" if via_node else "in process",
+             "refinement": "on" if params.refine else "off", "image intensity": params.image_intensity,
+             "device": params.device, "checkpoint": params.checkpoint or "the shipped default"}
+    report = _write_report(out, bag, topics, params, records, evaluation, volume, estimator, facts, notes)
+    return Replay(records, evaluation, out, report)
+
+
+def _mm(x: float) -> str:
+    return f"{x:.2f} mm" if math.isfinite(x) else ("a frame without pose" if math.isinf(x) else "-")
+
+
+def summary_lines(result: Replay) -> list[str]:
+    records = result.records
+    ok = sum(r.ok for r in records)
+    unusable = sum(r.latency_ms is None for r in records)
+    lines = [f"frames: {len(records)} ({ok} ok, {len(records) - ok - unusable} refused, {unusable} unusable)"]
+    if result.evaluation is not None:
+        m = result.evaluation.metrics
+        lines.append(f"mTRE over {m['frames_evaluated']} frames with ground truth (no pose = failure): "
+                     f"median {_mm(m['mtre_mm']['p50'])}, 95th {_mm(m['mtre_mm']['p95'])}")
+        lines.append(f"mTRE over the {m['frames_posed']} posed frames: median {_mm(m['mtre_posed_mm']['p50'])}, "
+                     f"95th {_mm(m['mtre_posed_mm']['p95'])}")
+        lines.append(f"GFR@10: {m['gfr_percent']['10']:.1f} %   GFR@5: {m['gfr_percent']['5']:.1f} %")
+    else:
+        lines.append("no ground truth in the bag: no accuracy metrics")
+    latency = [r.latency_ms for r in records if r.latency_ms is not None]
+    if latency:
+        lines.append(f"latency: p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")
+    lines.append(f"report: {result.report}")
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
+    parser.add_argument("--volume", required=True, help="CT: NIfTI, NRRD, DICOM folder, or 'example'")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    parser.add_argument("--checkpoint", default="", help="encoder weights (default: the shipped checkpoint)")
+    parser.add_argument("--image-intensity", choices=IMAGE_INTENSITIES, default="attenuation",
+                        help="the bag's image intensity (default attenuation)")
+    parser.add_argument("--refine", action="store_true", help="intensity-based refinement after PnP")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="estimator device (default auto)")
+    parser.add_argument("--via-node", action="store_true",
+                        help="register through `rayemb node` in its own process over DDS")
+    parser.add_argument("--image-topic", default=IMAGE_TOPIC, help=f"default {IMAGE_TOPIC}")
+    parser.add_argument("--info-topic", default=INFO_TOPIC, help=f"default {INFO_TOPIC}")
+    parser.add_argument("--pose-topic", default=POSE_TOPIC, help=f"ground truth; default {POSE_TOPIC}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rayemb_ros.volume import VolumeError
+
+    try:
+        params = Params(device=args.device, checkpoint=args.checkpoint, image_intensity=args.image_intensity,
+                        refine=args.refine).validated()
+        if not args.bag.is_dir():
+            raise ParamError(f"no bag directory at {args.bag}")
+        result = replay(args.bag, args.volume, args.out, params,
+                        Topics(args.image_topic, args.info_topic, args.pose_topic), args.via_node)
+    except (ParamError, VolumeError, ReplayError) as exc:
+        print(f"rayemb replay: error: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, ReplayError) else 1
+    print("\n".join(summary_lines(result)))
+    return 0
