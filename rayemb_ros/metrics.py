@@ -104,7 +104,7 @@ def accuracy_summary(mtre_mm: Sequence[float]) -> dict[str, object]:
     """
     posed = [m for m in mtre_mm if math.isfinite(m)]
     return {
-        "frames": len(mtre_mm),
+        "frames_evaluated": len(mtre_mm),
         "frames_posed": len(posed),
         "mtre_mm": percentiles(mtre_mm),
         "mtre_posed_mm": percentiles(posed),

@@ -87,7 +87,7 @@ def test_percentiles_treat_failures_as_worst():
 
 def test_accuracy_summary():
     summary = accuracy_summary([1.0, 2.0, 3.0, 20.0, math.inf])
-    assert summary["frames"] == 5 and summary["frames_posed"] == 4
+    assert summary["frames_evaluated"] == 5 and summary["frames_posed"] == 4
     assert summary["mtre_mm"]["p50"] == 3.0 and summary["mtre_mm"]["p95"] == math.inf
     assert summary["mtre_posed_mm"]["p50"] == 2.5
     assert summary["gfr_percent"] == {"10": 40.0, "5": 40.0}
