@@ -138,16 +138,20 @@ def infonce_loss(sim: torch.Tensor, batch: Batch, tau: float) -> torch.Tensor:
     return per_point.sum() / batch.valid.sum().clamp_min(1)
 
 
+def peak_errors(
+    maps: Float[torch.Tensor, "B P H W"], uv: Float[torch.Tensor, "B P 2"], valid: torch.Tensor
+) -> Float[torch.Tensor, "N"]:
+    """Distances (px, on the CPU) between each map's sub-pixel peak and the true location,
+    for the valid (B, P) entries."""
+    b, p, h, w = maps.shape
+    peaks, _ = subpixel_peaks(maps.reshape(b * p, h, w))
+    return (peaks.reshape(b, p, 2) - uv).norm(dim=-1)[valid].cpu()
+
+
 @torch.no_grad()
 def localisation_error(encoder: Encoder, batches: list[Batch], templates_per_query: int) -> float:
     """Median distance (px) between the best-scoring pixel and the true projection."""
-    errors = []
-    for batch in batches:
-        sim = batch_similarity(encoder, batch, templates_per_query)
-        b, p, h, w = sim.shape
-        uv, _ = subpixel_peaks(sim.reshape(b * p, h, w))
-        err = (uv.reshape(b, p, 2) - batch.uv_query).norm(dim=-1)
-        errors.append(err[batch.valid].cpu())
+    errors = [peak_errors(batch_similarity(encoder, b, templates_per_query), b.uv_query, b.valid) for b in batches]
     return float(torch.cat(errors).median())
 
 
