@@ -85,13 +85,19 @@ class Estimator:
         Raises VolumeError (absent, unreadable, not a CT) and leaves the current scene as is.
         """
         started = time.perf_counter()
-        volume = load_volume(path)
-        scene = self.prepare(volume, path)
+        info = self.set_volume(load_volume(path), path)
+        info.load_seconds = time.perf_counter() - started  # reading the file included
+        return info
+
+    def set_volume(self, volume: Volume, source: str = "") -> VolumeInfo:
+        """Prepare a CT already in memory (e.g. a mirrored copy) and make it the current one."""
+        started = time.perf_counter()
+        scene = self.prepare(volume, source)
         with self._lock:
             self._scene = scene
             self._refiner = None
         return VolumeInfo(
-            path=path,
+            path=source,
             num_landmarks=len(scene.landmarks),
             load_seconds=time.perf_counter() - started,
             shape=volume.shape,
