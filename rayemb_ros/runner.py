@@ -33,6 +33,12 @@ from rayemb_ros.result import Estimate, VolumeInfo
 
 # CameraInfos remembered by stamp, to pair each image with its own; older ones are forgotten.
 _CAMERA_INFO_HISTORY = 64
+# An image and its CameraInfo come on two topics, in either order (image_transport sends
+# the image first). A frame waits this long for the CameraInfo with its stamp while the
+# newest one is older than the frame (it may still be on its way), then takes the newest...
+_PAIRING_WAIT_S = 0.05
+# ...and this long for the very first CameraInfo.
+_FIRST_INFO_WAIT_S = 1.0
 
 
 class PathRefused(ValueError):
@@ -166,14 +172,13 @@ class Runner:
             self._infos.move_to_end(stamp_ns)
             while len(self._infos) > _CAMERA_INFO_HISTORY:
                 self._infos.popitem(last=False)
+            self._cv.notify_all()  # a frame may be waiting for this one
 
     def submit(self, frame: Frame) -> None:
         """Queue a frame for estimation, replacing one still waiting."""
         with self._cv:
             self._count(frames_received=1)
-            if not self._infos:
-                self._reject("no CameraInfo received yet on the camera_info topic")
-            elif self._health.volume is None:
+            if self._health.volume is None:
                 self._count(dropped_no_volume=1)
                 # One line, not one per frame: the count is on /diagnostics.
                 first = self._health.dropped_no_volume == 1
@@ -262,9 +267,24 @@ class Runner:
                 self._event(Level.WARN, f"load_volume {load.path!r} failed: {load.error}", log=True)
         load.done.set()
 
-    def _estimate(self, frame: Frame) -> None:
+    def _camera_info_for(self, stamp_ns: int) -> _CameraInfo | None:
+        """The CameraInfo with the frame's stamp, else the newest one (None: none yet)."""
         with self._cv:
-            info = self._infos.get(frame.stamp_ns) or next(reversed(self._infos.values()))
+            if not self._infos:
+                wait_s = _FIRST_INFO_WAIT_S
+            else:
+                wait_s = _PAIRING_WAIT_S if next(reversed(self._infos)) < stamp_ns else 0.0
+            self._cv.wait_for(lambda: stamp_ns in self._infos or self._closed, wait_s)
+            if stamp_ns in self._infos:
+                return self._infos[stamp_ns]
+            return next(reversed(self._infos.values()), None)
+
+    def _estimate(self, frame: Frame) -> None:
+        info = self._camera_info_for(frame.stamp_ns)
+        if info is None:
+            with self._cv:
+                self._reject("no CameraInfo received yet on the camera_info topic")
+            return
         height, width = frame.image.shape
         if (info.height, info.width) not in ((height, width), (0, 0)):
             with self._cv:

@@ -91,17 +91,28 @@ def frame(ident: int, stamp_ns: int = 0, shape=(4, 5)) -> Frame:
     return Frame(image, stamp_ns, time.monotonic())
 
 
-def test_frames_before_camera_info_or_volume_are_counted(setup):
+def test_frames_before_a_volume_or_camera_info_are_counted(setup):
     runner, estimator, results, events = setup
-    runner.submit(frame(1))
-    assert runner.health.rejected == 1 and "CameraInfo" in runner.health.last_rejection
-    runner.camera_info(0, np.eye(3), 0, 0)
     for i in range(3):
         runner.submit(frame(i))
     health = runner.health
-    assert (health.frames_received, health.dropped_no_volume, health.volume) == (4, 3, None)
-    assert [log for _, log in events] == [True, True, False, False]  # one line, not one per frame
-    assert results == []
+    assert (health.frames_received, health.dropped_no_volume, health.volume) == (3, 3, None)
+    assert [log for _, log in events] == [True, False, False]  # one line, not one per frame
+    runner.load_volume("example")
+    runner.submit(frame(4))
+    wait_until(lambda: runner.health.rejected == 1, 5, "a rejection")
+    assert "no CameraInfo" in runner.health.last_rejection and results == []
+
+
+def test_an_image_waits_briefly_for_its_camera_info(setup):
+    runner, estimator, results, events = setup
+    runner.load_volume("example")
+    runner.camera_info(10, np.diag([10.0, 10.0, 1.0]), 0, 0)
+    runner.submit(frame(1, stamp_ns=20))  # its CameraInfo comes just after it, as image_transport sends them
+    time.sleep(0.01)
+    runner.camera_info(20, np.diag([20.0, 20.0, 1.0]), 0, 0)
+    wait_until(lambda: results, 5, "a result")
+    assert results[0].K[0, 0] == 20
 
 
 def test_newest_frame_wins_and_loads_are_serialised(setup):
