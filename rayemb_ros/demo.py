@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rayemb_ros.replay import ReplayError, replay, summary_lines
+    from rayemb_ros.replay import ReplayError, replay
 
     if args.frames < 1 or args.size < 32:
         print("rayemb demo: error: --frames must be >= 1 and --size >= 32", file=sys.stderr)
@@ -75,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"\nrayemb demo: the bundled CT, {args.frames} simulated frames ({args.size} px, seed {args.seed}), "
           "registered by `rayemb node` over DDS")
-    print("\n".join(summary_lines(result)))
+    print(result.summary())
     return 0

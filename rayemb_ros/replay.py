@@ -63,6 +63,9 @@ class Replay:
     out: Path
     report: Path
 
+    def summary(self) -> str:
+        return "\n".join([*summary_lines(self.records, self.evaluation), f"report: {self.report}"])
+
 
 class ReplayError(RuntimeError):
     """The replay cannot go on (e.g. the node did not load the CT); the message says why."""
@@ -169,7 +172,7 @@ def _write_report(out: Path, bag: Path, topics: Topics, params: Params, records,
     mtre = evaluation.mtre_mm if evaluation else [None] * len(records)
     data = ReportData(
         title=f"rayemb replay: {bag.name}", facts=facts, records=records,
-        metrics=evaluation.metrics if evaluation else None, mtre_mm=mtre,
+        headline=summary_lines(records, evaluation), metrics=evaluation.metrics if evaluation else None, mtre_mm=mtre,
         mtre_initial_mm=evaluation.mtre_initial_mm if evaluation else None, volume=volume,
         refined=params.refine, notes=notes,
     )
@@ -229,13 +232,13 @@ def _mm(x: float) -> str:
     return f"{x:.2f} mm" if math.isfinite(x) else ("a frame without pose" if math.isinf(x) else "-")
 
 
-def summary_lines(result: Replay) -> list[str]:
-    records = result.records
+def summary_lines(records: list[FrameRecord], evaluation: Evaluation | None) -> list[str]:
+    """The printed summary: frames, mTRE median and 95th percentile, GFR@10, latency."""
     ok = sum(r.ok for r in records)
     unusable = sum(r.latency_ms is None for r in records)
     lines = [f"frames: {len(records)} ({ok} ok, {len(records) - ok - unusable} refused, {unusable} unusable)"]
-    if result.evaluation is not None:
-        m = result.evaluation.metrics
+    if evaluation is not None:
+        m = evaluation.metrics
         lines.append(f"mTRE over {m['frames_evaluated']} frames with ground truth (no pose = failure): "
                      f"median {_mm(m['mtre_mm']['p50'])}, 95th {_mm(m['mtre_mm']['p95'])}")
         lines.append(f"mTRE over the {m['frames_posed']} posed frames: median {_mm(m['mtre_posed_mm']['p50'])}, "
@@ -246,7 +249,6 @@ def summary_lines(result: Replay) -> list[str]:
     latency = [r.latency_ms for r in records if r.latency_ms is not None]
     if latency:
         lines.append(f"latency: p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")
-    lines.append(f"report: {result.report}")
     return lines
 
 
@@ -279,5 +281,5 @@ def run(args: argparse.Namespace) -> int:
     except (ParamError, VolumeError, ReplayError) as exc:
         print(f"rayemb replay: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, ReplayError) else 1
-    print("\n".join(summary_lines(result)))
+    print(result.summary())
     return 0

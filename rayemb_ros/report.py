@@ -36,6 +36,7 @@ class ReportData:
     title: str
     facts: dict[str, str]  # shown at the top: bag, volume, mode, ...
     records: list[FrameRecord]
+    headline: list[str]  # the summary `rayemb replay` prints
     metrics: dict[str, Any] | None  # metrics.json, when the bag has ground truth
     mtre_mm: list[float | None]  # per record: None without ground truth, inf without a pose
     mtre_initial_mm: list[float | None] | None  # per record, the PnP poses' (when refinement ran)
@@ -137,9 +138,11 @@ th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}
 tr.no td {{ background: #fdecea; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
 figcaption {{ font-size: 0.9em; color: #555; }}
+.headline {{ font-size: 1.1em; background: #f3f6fa; padding: 0.6em 1em; border-left: 4px solid #1f5fd6; }}
 </style></head><body>
 <h1>{html.escape(data.title)}</h1>
 <table>{facts}</table>
+<p class="headline">{"<br>".join(html.escape(line) for line in data.headline)}</p>
 <h2>Metrics</h2>
 {metrics}
 <ul>{notes}</ul>
