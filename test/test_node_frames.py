@@ -26,7 +26,7 @@ from rayemb_ros.images import to_encoding_range
 from rayemb_ros.msg import LandmarkArray
 from rayemb_ros.ros.convert import array_to_image
 from rayemb_ros.srv import LoadVolume
-from rosutil import REPO, Camera, Domain, Graph, NodeProcess, stamp_ns, wait_until
+from rosutil import REPO, Camera, Domain, Graph, NodeProcess, stamp_ns
 from test_images import UNSUPPORTED
 
 LOAD_TIMEOUT_S = 300.0

@@ -57,3 +57,12 @@ def test_node_refuses_a_bad_params_file(tmp_path):
     bad.write_text(CONFIG.read_text().replace("min_inliers: 40", "min_inliers: 3"))
     result = run_node("--params-file", str(bad))
     assert result.returncode == 2 and "min_inliers must be >= 6" in result.stderr
+
+
+def test_node_without_a_gpu_refuses_device_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_node("--ros-args", "-p", "device:=cuda")
+    assert result.returncode == 1 and "cannot start" in result.stderr and "no GPU" in result.stderr, result.stderr

@@ -83,7 +83,7 @@ class RayEmbNode(Node):
         if self.params.volume:
             self._runner.submit_load(self.params.volume)
         then = f"preloading {self.params.volume!r}" if self.params.volume else "waiting for ~/load_volume"
-        self.get_logger().info(f"ready (device {self.params.device}, volume_root {self.params.volume_root!r}): {then}")
+        self.get_logger().info(f"ready (device {estimator.device}, volume_root {self.params.volume_root!r}): {then}")
 
     def stop(self) -> None:
         """Stop estimating and loading (idempotent); the node stays on the graph."""
