@@ -229,7 +229,7 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
 
 
 def _mm(x: float) -> str:
-    return f"{x:.2f} mm" if math.isfinite(x) else ("a frame without pose" if math.isinf(x) else "-")
+    return f"{x:.2f} mm" if math.isfinite(x) else ("inf (a frame without pose)" if math.isinf(x) else "-")
 
 
 def summary_lines(records: list[FrameRecord], evaluation: Evaluation | None) -> list[str]:

@@ -56,10 +56,6 @@ FRAME_TIMEOUT_S = 180.0  # one estimate, refinement included, on a slow CPU
 OUTPUT_TIMEOUT_S = 10.0  # landmarks / TF of a frame the diagnostics say is done
 RESEND_AFTER_S = 3.0  # an image the node has not counted by then was lost: send it again
 RESENDS = 3
-# Between a CameraInfo and its image: the node pairs an image with the CameraInfo of its
-# stamp when it has arrived, else with the latest one. Topics are not ordered among each
-# other, so give the CameraInfo a head start.
-INFO_LEAD_S = 0.02
 # Counters of the node's diagnostics that each count one image handled.
 _HANDLED = ("frames_estimated", "rejected", "dropped_stale", "dropped_no_volume")
 
@@ -279,8 +275,7 @@ def play_through_node(bag: Path, volume_spec: str, params: Params, topics: Topic
         bar = tqdm(**progress)
         for raw in raw_messages(bag, [topics.info, topics.image]):
             if raw.topic == topics.info:
-                session.info_pub.publish(raw.data)
-                time.sleep(INFO_LEAD_S)
+                session.info_pub.publish(raw.data)  # the node pairs it with its image by stamp
                 continue
             frame = next(frames)  # the same image, decoded, with its K and ground truth
             records.append(record_of(len(records), frame, session.verdict(raw.data, frame.stamp_ns)))
