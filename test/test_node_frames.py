@@ -207,14 +207,22 @@ def test_flood_reliable_then_best_effort(ros, frames):
     process = psutil.Process(ros.node.proc.pid)
     rss_mb: list[float] = []
     service_s: list[float] = []
+    reload: dict[str, object] = {}
     stop = threading.Event()
 
-    def watch():  # memory, and the service answering while frames pour in
+    def load(path: str, timeout_s: float) -> LoadVolume.Response:
+        return ros.graph.call(LoadVolume, "/rayemb_node/load_volume", LoadVolume.Request(path=path), timeout_s)
+
+    def watch():  # memory, and the service answering while frames pour in: refusals, one real load
         while not stop.wait(1.0):
             rss_mb.append(process.memory_info().rss / 2**20)
+            if len(service_s) == 10 and not reload:
+                received = int(ros.latest_values()["frames_received"])
+                reload["response"] = load("example", LOAD_TIMEOUT_S)
+                reload["frames_received_meanwhile"] = int(ros.latest_values()["frames_received"]) - received
+                continue
             t0 = time.monotonic()
-            response = ros.graph.call(LoadVolume, "/rayemb_node/load_volume", LoadVolume.Request(path="/"), 10)
-            assert not response.success
+            assert not load("/", 10).success
             service_s.append(time.monotonic() - t0)
 
     watcher = threading.Thread(target=watch)
@@ -250,9 +258,11 @@ def test_flood_reliable_then_best_effort(ros, frames):
     values = ros.latest_values()
     assert int(values["dropped_stale"]) > 0  # newest frame won, older ones were dropped
     print(f"RSS {rss_mb[0]:.0f} -> {rss_mb[-1]:.0f} MiB; service answers max {max(service_s):.3f} s; "
-          f"node counts: {values}")
+          f"reload {reload}; node counts: {values}")
     assert max(rss_mb[len(rss_mb) // 4:]) - rss_mb[len(rss_mb) // 4] < 150, rss_mb
     assert len(service_s) >= FLOOD_S and max(service_s) < 2.0, service_s
+    # A real load mid-flood: answered, and images kept coming in while the worker loaded.
+    assert reload["response"].success and reload["frames_received_meanwhile"] > 0, reload
 
 
 def test_kill_and_restart_mid_stream(ros, frames):
