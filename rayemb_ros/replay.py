@@ -220,7 +220,7 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
                      "refused frames' PnP poses (and the trust numbers) are not known in this mode.")
         if any(len(r.landmarks) for r in records):
             estimator = Estimator(params)  # for the heatmaps only, once the node is done
-            estimator.load_volume(volume_spec)
+            estimator.set_volume(volume, volume_spec)
     facts = {"bag": str(bag), "volume": volume_spec, "mode": "via node (DDS)" if via_node else "in process",
              "refinement": "on" if params.refine else "off", "image intensity": params.image_intensity,
              "device": params.device, "checkpoint": params.checkpoint or "the shipped default"}
@@ -268,16 +268,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-topic", default=POSE_TOPIC, help=f"ground truth; default {POSE_TOPIC}")
 
 
+def check_bag(bag: Path, topics: Topics) -> None:
+    """ParamError unless ``bag`` is a readable rosbag2 with images on ``topics.image``."""
+    from rosbags.rosbag2 import Reader
+
+    if not bag.is_dir():
+        raise ParamError(f"no bag directory at {bag}")
+    try:
+        with Reader(bag) as reader:
+            present = sorted({c.topic for c in reader.connections})
+    except Exception as exc:  # rosbags raises several types for a folder that is not a bag
+        raise ParamError(f"cannot read the bag {bag}: {exc}") from exc
+    if topics.image not in present:
+        raise ParamError(f"no topic {topics.image} in {bag} (its topics: {', '.join(present) or 'none'}); "
+                         "see --image-topic")
+
+
 def run(args: argparse.Namespace) -> int:
     from rayemb_ros.volume import VolumeError
 
+    topics = Topics(args.image_topic, args.info_topic, args.pose_topic)
     try:
         params = Params(device=args.device, checkpoint=args.checkpoint, image_intensity=args.image_intensity,
                         refine=args.refine).validated()
-        if not args.bag.is_dir():
-            raise ParamError(f"no bag directory at {args.bag}")
-        result = replay(args.bag, args.volume, args.out, params,
-                        Topics(args.image_topic, args.info_topic, args.pose_topic), args.via_node)
+        check_bag(args.bag, topics)
+        result = replay(args.bag, args.volume, args.out, params, topics, args.via_node)
     except (ParamError, VolumeError, ReplayError) as exc:
         print(f"rayemb replay: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, ReplayError) else 1

@@ -84,7 +84,7 @@ def report(tmp_path_factory):
 
 def test_the_page_links_every_figure(report):
     page = report.read_text()
-    for name, caption in FIGURES.items():
+    for name in FIGURES:
         assert f'src="{name}"' in page and (report.parent / name).is_file(), name
     assert "synthetic replay" in page and "frames: 6 (5 ok, 1 refused, 0 unusable)" in page
     assert page.count("<tr class=") == 6 and "too few inliers" in page

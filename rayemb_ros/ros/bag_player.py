@@ -94,11 +94,11 @@ def landmarks_from_msg(msg: LandmarkArray) -> Landmarks:
     """The inverse of ``convert.landmarks_msg`` (points back to mm)."""
     lms = msg.landmarks
     return Landmarks(
-        points_ct=np.array([[l.point.x, l.point.y, l.point.z] for l in lms], dtype=float).reshape(-1, 3)
+        points_ct=np.array([[lm.point.x, lm.point.y, lm.point.z] for lm in lms], dtype=float).reshape(-1, 3)
         * convert.MM_PER_M,
-        uv=np.array([[l.u, l.v] for l in lms], dtype=float).reshape(-1, 2),
-        scores=np.array([l.score for l in lms], dtype=float),
-        inliers=np.array([l.inlier for l in lms], dtype=bool),
+        uv=np.array([[lm.u, lm.v] for lm in lms], dtype=float).reshape(-1, 2),
+        scores=np.array([lm.score for lm in lms], dtype=float),
+        inliers=np.array([lm.inlier for lm in lms], dtype=bool),
     )
 
 
