@@ -159,11 +159,9 @@ class Estimator:
             return now
 
         t = started
-        work_w = self.image_size
-        work_h = max(self.encoder.stride, int(round(h * work_w / w / self.encoder.stride)) * self.encoder.stride)
-        small, _ = resize_image(image, K, work_h, work_w)
         with torch.no_grad():
-            emb = self.encoder(torch.as_tensor(small, device=self.device)[None, None])
+            emb = self.embed(image, K)
+            work_h, work_w = emb.shape[-2:]
             t = tick("encoder", t)
             uv_small, scores = coarse_to_fine_peaks(scene.basis, emb[0])
             uv_small = uv_small.cpu().numpy().astype(np.float64)
@@ -190,6 +188,16 @@ class Estimator:
             t = tick("refine", t)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
+
+    def embed(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Float[torch.Tensor, "1 D h w"]:
+        """Ray embeddings of a frame on the working grid: the encoder's width, the frame's
+        aspect, a multiple of the encoder's stride."""
+        h, w = image.shape
+        stride = self.encoder.stride
+        work_w = self.image_size
+        work_h = max(stride, int(round(h * work_w / w / stride)) * stride)
+        small, _ = resize_image(np.asarray(image, dtype=np.float32), K, work_h, work_w)
+        return self.encoder(torch.as_tensor(small, device=self.device)[None, None])
 
     def _distrust(self, T, scene: Scene, num_inliers: int, num_points: int, reproj: float) -> str:
         """Why a PnP pose must not be published, or "" when it passes every gate."""

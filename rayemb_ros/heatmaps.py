@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from rayemb_ros.camera import resize_image
 from rayemb_ros.estimator import Estimator
 from rayemb_ros.result import Landmarks
 from rayemb_ros.subspace import similarity
@@ -52,14 +51,7 @@ def landmark_heatmaps(
     estimator: Estimator, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"], points_ct: Float[np.ndarray, "P 3"]
 ) -> Heatmaps:
     """The similarity maps of the given scene landmarks in an attenuation image."""
-    h, w = image.shape
-    stride = estimator.encoder.stride
-    # The estimator's working grid: its encoder width, the image's aspect, a multiple of the stride.
-    work_w = estimator.image_size
-    work_h = max(stride, int(round(h * work_w / w / stride)) * stride)
-    small, _ = resize_image(np.asarray(image, dtype=np.float32), K, work_h, work_w)
     basis = estimator.scene.basis[landmark_indices(estimator, points_ct)]
     with torch.no_grad():
-        emb = estimator.encoder(torch.as_tensor(small, device=estimator.device)[None, None])
-        maps = similarity(basis[None], emb)[0]
+        maps = similarity(basis[None], estimator.embed(image, K))[0]
     return Heatmaps(np.asarray(points_ct, dtype=float), maps.float().cpu().numpy())
