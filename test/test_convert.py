@@ -75,6 +75,12 @@ def test_landmarks_in_metres_with_pixels_scores_and_inliers():
     assert second.point.z == pytest.approx(1.0)
     assert (second.u, second.v, second.score) == pytest.approx((3.5, 4.5, 0.5))
     assert [lm.inlier for lm in msg.landmarks] == [True, False, True]
+    back = convert.landmarks_from_msg(msg)
+    original = estimate(True).landmarks
+    np.testing.assert_allclose(back.points_ct, original.points_ct)
+    np.testing.assert_allclose(back.uv, original.uv)
+    np.testing.assert_allclose(back.scores, original.scores, rtol=1e-6)  # float32 on the wire
+    assert back.inliers.tolist() == original.inliers.tolist()
 
 
 def test_markers_colour_inliers_and_draw_the_frustum():

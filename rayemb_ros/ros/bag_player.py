@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
@@ -45,7 +44,6 @@ from rayemb_ros.msg import LandmarkArray
 from rayemb_ros.params import Params
 from rayemb_ros.records import FrameRecord
 from rayemb_ros.replay import ReplayError, Topics
-from rayemb_ros.result import Landmarks
 from rayemb_ros.ros import convert
 from rayemb_ros.ros.node import NODE_NAME, TF_QOS
 from rayemb_ros.srv import LoadVolume
@@ -88,18 +86,6 @@ def _values(msg: DiagnosticArray) -> dict[str, str] | None:
 
 def _handled(values: dict[str, str]) -> int:
     return sum(int(values[k]) for k in _HANDLED)
-
-
-def landmarks_from_msg(msg: LandmarkArray) -> Landmarks:
-    """The inverse of ``convert.landmarks_msg`` (points back to mm)."""
-    lms = msg.landmarks
-    return Landmarks(
-        points_ct=np.array([[lm.point.x, lm.point.y, lm.point.z] for lm in lms], dtype=float).reshape(-1, 3)
-        * convert.MM_PER_M,
-        uv=np.array([[lm.u, lm.v] for lm in lms], dtype=float).reshape(-1, 2),
-        scores=np.array([lm.score for lm in lms], dtype=float),
-        inliers=np.array([lm.inlier for lm in lms], dtype=bool),
-    )
 
 
 @dataclass
@@ -243,7 +229,7 @@ def record_of(index: int, frame: Frame, verdict: _Verdict) -> FrameRecord:
         reason="" if ok else values["message"].removeprefix("pose refused: "),
         T_ct_source=convert.transform_to_matrix(verdict.tf.transform) if ok else None,
         T_initial=None,  # not published by the node
-        landmarks=landmarks_from_msg(verdict.landmarks),
+        landmarks=convert.landmarks_from_msg(verdict.landmarks),
         num_inliers=int(values["last_inliers"]),
         reprojection_error_px=float(values["last_reprojection_error_px"]),
         latency_ms=float(values["last_latency_ms"]),

@@ -122,6 +122,18 @@ def landmarks_msg(landmarks: Landmarks, header: Header) -> LandmarkArray:
     )
 
 
+def landmarks_from_msg(msg: LandmarkArray) -> Landmarks:
+    """The inverse of ``landmarks_msg`` (points back to mm)."""
+    lms = msg.landmarks
+    return Landmarks(
+        points_ct=np.array([[lm.point.x, lm.point.y, lm.point.z] for lm in lms], dtype=float).reshape(-1, 3)
+        * MM_PER_M,
+        uv=np.array([[lm.u, lm.v] for lm in lms], dtype=float).reshape(-1, 2),
+        scores=np.array([lm.score for lm in lms], dtype=float),
+        inliers=np.array([lm.inlier for lm in lms], dtype=bool),
+    )
+
+
 def _points(points_mm: Float[np.ndarray, "N 3"]) -> list[Point]:
     return [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in points_mm / MM_PER_M]
 
