@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rayemb_ros.train", "train the ray-embedding encoder on a CT"),
     "replay": ("rayemb_ros.replay", "register every frame of a bag and evaluate"),
     "benchmark": ("rayemb_ros.benchmark", "compare the registration methods on simulated frames"),
+    "speed": ("rayemb_ros.speed", "time the pieces on this machine: template bank, training pairs, preload, frame -> pose"),
     "demo": ("rayemb_ros.demo", "the main job on the bundled CT: simulate, register through the node, report"),
 }
 
