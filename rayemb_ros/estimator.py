@@ -1,15 +1,20 @@
 """The RayEmb estimator: one fluoroscopy frame + a loaded CT -> a C-arm pose, or an honest no.
 
-``Estimator.load_volume`` does everything that depends only on the CT, once: template DRRs
-(from the cache), their embeddings, M landmark candidates in bone, and for each landmark an
-orthonormal basis of its ray embeddings in the templates that see it. ``estimate`` then
-costs one encoder pass, one batched similarity, PnP, and (optionally) refinement.
+``Estimator.load_volume`` does everything that depends only on the CT, once: template DRRs,
+their embeddings, M landmark candidates in bone, and for each landmark an orthonormal basis
+of its ray embeddings in the templates that see it. The result is cached on disk per CT
+content, weights and settings, so a second preload of the same CT only reads the file.
+``estimate`` then costs one encoder pass, one batched similarity, PnP, and (optionally)
+refinement.
 
 No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call this API.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ from .checkpoint import load_encoder
 from .params import Params
 from .pnp import solve_pnp
 from .poses import reference_detector, template_poses
-from .render import TemplateBank, template_bank
+from .render import cache_dir, template_bank
 from .result import Estimate, Landmarks, VolumeInfo
 from .subspace import coarse_to_fine_peaks, sample_embeddings, subspace_basis
 from .train import pick_device
@@ -41,7 +46,6 @@ class Scene:
     """Everything prepared for one CT."""
 
     volume: Volume
-    bank: TemplateBank
     landmarks: Float[np.ndarray, "M 3"]  # mm, ct
     basis: Float[torch.Tensor, "M D K"]  # orthonormal, on the estimator's device
     source: str
@@ -65,6 +69,10 @@ class Estimator:
         self.params = params.validated()
         self.device = pick_device(params.device)
         self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
+        # Identifies the weights for the scene cache (state, not file name).
+        self._weights_id = hashlib.sha256(
+            b"".join(v.detach().cpu().numpy().tobytes() for v in self.encoder.state_dict().values())
+        ).hexdigest()[:16]
         self.image_size = self.encoder.config.image_size
         self._scene: Scene | None = None
         self._refiner = None
@@ -105,6 +113,27 @@ class Estimator:
         )
 
     def prepare(self, volume: Volume, source: str = "") -> Scene:
+        """The scene of a CT: from the cache when this CT was prepared with these weights and
+        settings before (a warm preload), else rendered and embedded (cold)."""
+        p = self.params
+        key = hashlib.sha256(json.dumps({
+            "v": 1, "ct": volume.content_hash, "weights": self._weights_id, "templates": p.num_templates,
+            "landmarks": p.num_landmarks, "per_landmark": p.templates_per_landmark, "min": p.min_inliers,
+        }).encode()).hexdigest()[:20]
+        path = cache_dir() / f"scene-{key}.npz"
+        if path.exists():
+            with np.load(path) as z:
+                landmarks, basis = z["landmarks"], z["basis"]
+        else:
+            landmarks, basis = self._landmark_subspaces(volume)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, landmarks=landmarks, basis=basis)
+            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source)
+
+    def _landmark_subspaces(self, volume: Volume) -> tuple[Float[np.ndarray, "M 3"], Float[np.ndarray, "M D K"]]:
+        """Landmarks in bone and, for each, the orthonormal basis of its embeddings in the
+        templates (spread in angle) that see it."""
         p = self.params
         detector = reference_detector(self.image_size, self.image_size)
         poses = template_poses(p.num_templates, volume.center)
@@ -133,7 +162,7 @@ class Estimator:
         keep_t = torch.as_tensor(keep, device=self.device)
         chosen_t = torch.as_tensor(np.stack(chosen), device=self.device)  # M K
         f = emb[chosen_t, keep_t[:, None]]  # M K D
-        return Scene(volume, bank, landmarks[keep], subspace_basis(f), source)
+        return landmarks[keep], subspace_basis(f).cpu().numpy()
 
     # ---------------------------------------------------------------- per frame
     def estimate(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Estimate:
