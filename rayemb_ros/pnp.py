@@ -36,7 +36,7 @@ def solve_pnp(
     cv2.setRNGSeed(seed)  # RANSAC draws from OpenCV's global RNG: make results repeatable
     ok, rvec, tvec, idx = cv2.solvePnPRansac(
         obj, img, K.astype(np.float64), None, iterationsCount=iterations, reprojectionError=threshold_px,
-        confidence=0.9999, flags=cv2.SOLVEPNP_SQPNP,
+        confidence=0.9999, flags=cv2.SOLVEPNP_AP3P,
     )
     if not ok or idx is None or len(idx) < 6:
         return none
