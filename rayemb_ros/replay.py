@@ -249,6 +249,10 @@ def summary_lines(records: list[FrameRecord], evaluation: Evaluation | None) -> 
     latency = [r.latency_ms for r in records if r.latency_ms is not None]
     if latency:
         lines.append(f"latency: p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms")
+    roundtrip = [r.extra["roundtrip_ms"] for r in records if "roundtrip_ms" in r.extra]
+    if roundtrip:  # through the node: from publishing the image to receiving the node's answer
+        lines.append(f"end to end (image published -> TF / verdict received): p50 {np.percentile(roundtrip, 50):.0f} ms, "
+                     f"p95 {np.percentile(roundtrip, 95):.0f} ms")
     return lines
 
 
