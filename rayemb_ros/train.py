@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 
 from .camera import Detector, project
-from .checkpoint import save_weights
+from .checkpoint import load_encoder, save_weights
 from .fluoro import apply_batch, sample_style
 from .model import Encoder, EncoderConfig
 from .poses import reference_detector, sample_detector, sample_poses
@@ -54,6 +54,7 @@ class TrainConfig:
     val_every: int = 500
     ckpt_every: int = 250
     device: str = "auto"
+    init: str = ""  # start from these weights (fine-tuning); "" = from scratch
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
@@ -161,6 +162,8 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     torch.manual_seed(config.seed)
     sampler = PairSampler(config, device)
     encoder = Encoder(config.encoder).to(device)
+    if config.init:
+        encoder.load_state_dict(load_encoder(config.init)[0].state_dict())
     val_rng = np.random.default_rng([config.seed, 2**31])
     val = [sampler.sample(val_rng) for _ in range(max(1, config.val_frames // config.batch))]
 
@@ -255,6 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", type=int, default=d.templates)
     parser.add_argument("--points", type=int, default=d.points)
     parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--tau", type=float, default=d.tau, help="InfoNCE temperature")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="learning-rate warm-up steps")
+    parser.add_argument("--init", default=d.init, help="start from these weights (fine-tuning)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--image-size", type=int, default=d.encoder.image_size)
     parser.add_argument("--val-every", type=int, default=d.val_every)
@@ -266,7 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         volume=args.volume, steps=args.steps, batch=args.batch, templates=args.templates, points=args.points,
-        lr=args.lr, seed=args.seed, val_every=args.val_every, ckpt_every=args.ckpt_every, device=args.device,
+        lr=args.lr, tau=args.tau, warmup=args.warmup, init=args.init, seed=args.seed, val_every=args.val_every, ckpt_every=args.ckpt_every, device=args.device,
         encoder=EncoderConfig(image_size=args.image_size),
     )
     summary = train(config, args.out, progress=not args.no_progress)
