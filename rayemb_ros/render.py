@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +35,21 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cached_arrays(kind: str, key: object, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays computed once per ``key`` (anything JSON or bytes identifying the inputs) and
+    kept in the cache as ``<kind>-<hash>.npz``; later calls only read the file."""
+    raw = key if isinstance(key, bytes) else json.dumps(key, sort_keys=True).encode()
+    path = cache_dir() / f"{kind}-{hashlib.sha256(raw).hexdigest()[:20]}.npz"
+    if not path.exists():
+        arrays = compute()
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+        return arrays
+    with np.load(path) as z:
+        return {name: z[name] for name in z.files}
 
 
 class NanoRenderer:
@@ -135,20 +150,11 @@ def template_bank(
     detector: Detector,
     poses: Float[np.ndarray, "T 4 4"],
     device: str | torch.device = "cpu",
-    use_cache: bool = True,
 ) -> TemplateBank:
     """Render (or load from the cache) the templates of a CT; keyed by content and geometry."""
-    key = hashlib.sha256(
-        json.dumps({"v": 1, "ct": volume.content_hash, "det": asdict(detector), "n": N_SAMPLES}).encode()
-        + np.round(poses, 4).tobytes()
-    ).hexdigest()[:20]
-    path = cache_dir() / f"templates-{key}.npz"
-    if use_cache and path.exists():
-        with np.load(path) as z:
-            return TemplateBank(z["images"], z["poses"], detector)
-    images = NanoRenderer(volume, device).render_np(poses, detector)
-    if use_cache:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, poses=poses)
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-    return TemplateBank(images, poses, detector)
+    key = json.dumps({"v": 1, "ct": volume.content_hash, "det": asdict(detector), "n": N_SAMPLES}).encode()
+    arrays = cached_arrays(
+        "templates", key + np.round(poses, 4).tobytes(),
+        lambda: {"images": NanoRenderer(volume, device).render_np(poses, detector), "poses": poses},
+    )
+    return TemplateBank(arrays["images"], arrays["poses"], detector)
