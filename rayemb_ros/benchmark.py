@@ -199,7 +199,7 @@ class Methods:
 
         def intensity(i: int, steps: int = self.config.intensity_steps) -> Outcome:
             started = time.perf_counter()
-            T, _, _ = refiner.refine(test.images[i], test.K[i], initial[i], steps=steps)
+            T = refiner.refine(test.images[i], test.K[i], initial[i], steps=steps).T_ct_source
             return Outcome(T, (time.perf_counter() - started) * 1000)
 
         # One untimed call each, so that one-off set-up (kernels, buffers) is not a frame's latency.

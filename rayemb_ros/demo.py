@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=FRAMES, help=f"simulated frames (default {FRAMES})")
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the simulated bag (default {SEED})")
     parser.add_argument("--size", type=int, default=SIZE, help=f"image width and height (default {SIZE})")
-    parser.add_argument("--refine", action="store_true", help="intensity-based refinement after PnP")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=Params.refine,
+                        help=f"intensity-based refinement after PnP (default {'on' if Params.refine else 'off'})")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="the node's device (default auto)")
 
 

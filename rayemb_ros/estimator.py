@@ -204,7 +204,7 @@ class Estimator:
             return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         T = pnp.T_ct_source
         if self.params.refine:
-            T = self._refine(scene, image, K, T)
+            T = self._refine(scene, image, K, T).T_ct_source
             t = tick("refine", t)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
@@ -242,5 +242,4 @@ class Estimator:
             if self._refiner is None or self._refiner.volume is not scene.volume:
                 self._refiner = Refiner(scene.volume, self.device)
             refiner = self._refiner
-        refined, _, _ = refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
-        return refined
+        return refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)

@@ -42,9 +42,12 @@ class Params:
     min_inliers: int = 40
     min_inlier_ratio: float = 0.3
     max_reprojection_error_px: float = 2.5
-    # Intensity-based refinement (NCC through a differentiable renderer) after PnP.
-    refine: bool = False
-    refine_steps: int = 40
+    # Intensity-based refinement after PnP (gradient NCC through a differentiable renderer):
+    # what makes the pose navigation-grade (median mTRE ~1.3 mm against ~8 mm from PnP
+    # alone, see the README), at ~1.4 s per frame on 2 CPU cores (~0.2 s on a GPU). Off =
+    # PnP poses only, ~60 ms per frame, for tracking where millimetres matter less.
+    refine: bool = True
+    refine_steps: int = 18
     # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);
     # transmission: raw detector signal, the node takes -log.
     image_intensity: str = "attenuation"

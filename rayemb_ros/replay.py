@@ -263,7 +263,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="", help="encoder weights (default: the shipped checkpoint)")
     parser.add_argument("--image-intensity", choices=IMAGE_INTENSITIES, default="attenuation",
                         help="the bag's image intensity (default attenuation)")
-    parser.add_argument("--refine", action="store_true", help="intensity-based refinement after PnP")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=Params.refine,
+                        help=f"intensity-based refinement after PnP (default {'on' if Params.refine else 'off'})")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="estimator device (default auto)")
     parser.add_argument("--via-node", action="store_true",
                         help="register through `rayemb node` in its own process over DDS")

@@ -81,6 +81,23 @@ class Volume:
     def bone_mask(self, hu_threshold: float = BONE_HU) -> Bool[np.ndarray, "I J K"]:
         return self.hu >= hu_threshold
 
+    def coarsened(self, min_spacing_mm: float) -> Volume:
+        """A copy averaged over blocks of whole voxels along each axis whose spacing is below
+        ``min_spacing_mm`` (e.g. 0.7 mm -> 1.4 mm): the same anatomy in the same place, a
+        quarter of the voxels for a thin-pixel scan. Trailing voxels that do not fill a
+        block are dropped."""
+        factors = [max(1, int(min_spacing_mm // s)) for s in self.spacing]
+        if factors == [1, 1, 1]:
+            return self
+        i, j, k = (n // f for n, f in zip(self.shape, factors))
+        fi, fj, fk = factors
+        hu = self.hu[: i * fi, : j * fj, : k * fk].reshape(i, fi, j, fj, k, fk).mean((1, 3, 5), dtype=np.float32)
+        affine = self.affine.copy()
+        affine[:3, :3] = self.affine[:3, :3] * np.array(factors, dtype=float)
+        # the centre of block 0 is the mean of its voxel centres
+        affine[:3, 3] = self.voxels_to_ct(((np.array(factors) - 1) / 2.0)[None])[0]
+        return Volume(np.ascontiguousarray(hu), affine, f"{self.source} (coarsened to {factors})")
+
     def mirrored(self) -> Volume:
         """The scan flipped left-right about its own centre (a different anatomy, same frame)."""
         return Volume(np.ascontiguousarray(self.hu[::-1]), self.affine.copy(), f"{self.source} (mirrored)")

@@ -98,7 +98,8 @@ class Ros:
 def ros(tmp_path_factory):
     work = tmp_path_factory.mktemp("node")
     params = yaml.safe_load((REPO / "config" / "rayemb.yaml").read_text())
-    params["/**"]["ros__parameters"].update(volume="example", volume_root=str(work), device="cpu")
+    params["/**"]["ros__parameters"].update(volume="example", volume_root=str(work), device="cpu",
+                                        refine=False)  # the queue under a flood, not refinement, is tested here
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     domain = Domain.random()

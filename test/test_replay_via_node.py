@@ -24,7 +24,7 @@ def rows(out):
 @pytest.mark.slow
 def test_node_and_in_process_agree(tmp_path, example_volume):
     path = bag(tmp_path / "bag", with_constant_frame(good_frames(example_volume, 3), at=2))
-    params = Params(device="cpu")
+    params = Params(device="cpu", refine=False)
     here = replay(path, "example", tmp_path / "here", params)
     node = replay(path, "example", tmp_path / "node", params, via_node=True)
 
