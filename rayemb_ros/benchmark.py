@@ -15,8 +15,9 @@ wide on a 280 mm detector by default) with seeds that training never draws (trai
 Each method sees the same frames; the two that need a start (``intensity``) get the same
 initial poses (:class:`InitialError`). Methods:
 
-* ``intensity``: intensity-based registration alone (:class:`refine.Refiner`, multiscale
-  NCC through nanodrr) from the perturbed ground truth, ``--intensity-steps`` steps;
+* ``intensity``: intensity-based registration alone (:class:`refine.Refiner`: gradient NCC
+  through nanodrr over the collimated field, a depth search, then ``--intensity-steps``
+  gradient steps) from the perturbed ground truth;
 * ``fixed_landmark``: :class:`fixed_landmark.FixedLandmarkEstimator` (heatmaps, PnP);
 * ``rayemb``: :class:`estimator.Estimator`, ``Params(refine=False)``;
 * ``rayemb_refined``: the same with ``refine=True`` (``--refine-steps``).

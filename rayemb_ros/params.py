@@ -37,11 +37,13 @@ class Params:
     num_templates: int = 64
     templates_per_landmark: int = 8
     # PnP with RANSAC: inlier threshold (pixels of the input image per 256 px of width),
-    # and the trust gates a pose must pass to be published.
+    # and the trust gates a pose must pass to be published. Set on two held-out calibration
+    # bags (seeds 101 and 2026, 46 frames): loosened while every frame they admit still
+    # refined to < 10 mm (PnP poses 40 mm off refine well; a 0.20 inlier ratio did not).
     ransac_threshold_px: float = 4.0
     min_inliers: int = 40
-    min_inlier_ratio: float = 0.3
-    max_reprojection_error_px: float = 2.5
+    min_inlier_ratio: float = 0.25
+    max_reprojection_error_px: float = 2.75
     # Intensity-based refinement after PnP (gradient NCC through a differentiable renderer):
     # what makes the pose navigation-grade (median mTRE ~1.3 mm against ~8 mm from PnP
     # alone, see the README), at ~1.4 s per frame on 2 CPU cores (~0.2 s on a GPU). Off =

@@ -134,17 +134,16 @@ class Refiner:
         target = torch.as_tensor(small, device=self.renderer.device)
         return target[None], field_mask(target), Detector.from_K(K_small, height, width, sdd_mm)
 
-    def _depth_search(self, T: np.ndarray, target, mask, detector) -> tuple[np.ndarray, float]:
+    def _depth_search(self, T: np.ndarray, target, mask, detector) -> np.ndarray:
         """The best of the poses shifted along the ray through the CT centre (the start is
-        one of them), and its score."""
+        one of them): PnP's weak direction, searched wider than gradient steps reach."""
         ray = self._centre_in_source(T)
         ray /= np.linalg.norm(ray)
         candidates = np.stack([T @ _translation(d * ray) for d in DEPTH_SEARCH_MM])
         with torch.no_grad():
             drrs = self.renderer.render(torch.as_tensor(candidates, dtype=torch.float32), detector)
             scores = gradient_ncc(drrs, target, mask).cpu().numpy()
-        best = int(np.argmax(scores))
-        return candidates[best], float(scores[best])
+        return candidates[int(np.argmax(scores))]
 
     def _descend(self, T_start: np.ndarray, target, mask, detector, level: Level, steps: int) -> tuple[np.ndarray, float]:
         """Adam steps from ``T_start``; the best pose seen (the start included) and its score."""
@@ -186,7 +185,7 @@ class Refiner:
         for i, level in enumerate(LEVELS):
             target, mask, detector = self._target(image, K, level.width, sdd_mm)
             if i == 0:
-                T, _ = self._depth_search(T, target, mask, detector)
+                T = self._depth_search(T, target, mask, detector)
             n = max(1, int(round(steps * level.share)))
             T, score = self._descend(T, target, mask, detector, level, n)
             if i == len(LEVELS) - 1:
