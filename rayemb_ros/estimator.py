@@ -62,6 +62,20 @@ def spread_views(directions: Float[np.ndarray, "T 3"], candidates: np.ndarray, k
     return candidates[chosen]
 
 
+def landmark_residual_after_scale(T: Float[np.ndarray, "4 4"], K: Float[np.ndarray, "3 3"], landmarks: Landmarks) -> float:
+    """Median distance (pixels) between the PnP inliers' estimated pixels and their
+    projections under ``T``, once the projections are scaled about the principal point by the
+    best-fitting factor. The encoder's peaks sit up to a few per cent towards the image
+    centre (a scale that PnP reads as depth and refinement corrects), so a right refined pose
+    leaves a residual of about the landmarks' own noise; a pose that refinement pulled
+    sideways or tilted leaves more."""
+    inliers = landmarks.inliers
+    uv = landmarks.uv[inliers] - K[:2, 2]
+    projected = project(K, T, landmarks.points_ct[inliers]) - K[:2, 2]
+    k = (uv * projected).sum() / max((projected * projected).sum(), 1e-12)
+    return float(np.median(np.linalg.norm(k * projected - uv, axis=1)))
+
+
 class Estimator:
     def __init__(self, params: Params = Params()):
         self.params = params.validated()
@@ -206,6 +220,12 @@ class Estimator:
         if self.params.refine:
             T = self._refine(scene, image, K, T).T_ct_source
             t = tick("refine", t)
+            residual = landmark_residual_after_scale(T, K, landmarks) * scale
+            if residual > self.params.max_refined_residual_px:
+                stage["total"] = (time.perf_counter() - started) * 1000
+                reason = (f"refined pose disagrees with the landmarks (median residual {residual:.2f} px "
+                          f"above {self.params.max_refined_residual_px:.2f})")
+                return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
 

@@ -49,6 +49,11 @@ class Params:
     # alone, see the README), at ~1.4 s per frame on 2 CPU cores (~0.2 s on a GPU). Off =
     # PnP poses only, ~60 ms per frame, for tracking where millimetres matter less.
     refine: bool = True
+    # A refined pose is published only if it still explains the PnP inliers (median residual,
+    # pixels per 256 px of width, after a best-fit scale about the principal point; see
+    # estimator.landmark_residual_after_scale). Set on the calibration bags: right poses
+    # <= 3.13 px, the one pose refinement pulled 15 mm off 3.64 px.
+    max_refined_residual_px: float = 3.3
     refine_steps: int = 18
     # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);
     # transmission: raw detector signal, the node takes -log.
@@ -69,7 +74,7 @@ class Params:
         if self.image_intensity not in IMAGE_INTENSITIES:
             raise ParamError(f"image_intensity must be one of {IMAGE_INTENSITIES}, got {self.image_intensity!r}")
         positive = ("num_landmarks", "num_keep", "num_templates", "templates_per_landmark", "min_inliers",
-                    "refine_steps", "ransac_threshold_px", "max_reprojection_error_px", "sdd_mm")
+                    "refine_steps", "ransac_threshold_px", "max_reprojection_error_px", "max_refined_residual_px", "sdd_mm")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ParamError(f"{name} must be > 0, got {getattr(self, name)!r}")
