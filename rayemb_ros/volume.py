@@ -82,10 +82,10 @@ class Volume:
         return self.hu >= hu_threshold
 
     def coarsened(self, min_spacing_mm: float) -> Volume:
-        """A copy averaged over blocks of whole voxels along each axis whose spacing is below
-        ``min_spacing_mm`` (e.g. 0.7 mm -> 1.4 mm): the same anatomy in the same place, a
-        quarter of the voxels for a thin-pixel scan. Trailing voxels that do not fill a
-        block are dropped."""
+        """A copy averaged over blocks of as many whole voxels as fit in ``min_spacing_mm``
+        along each axis (0.7 mm voxels -> 1.4 mm at 1.5; a 2.5 mm axis is kept): the same
+        anatomy in the same place, a quarter of the voxels of a thin-pixel scan. Trailing
+        voxels that do not fill a block are dropped."""
         factors = [max(1, int(min_spacing_mm // s)) for s in self.spacing]
         if factors == [1, 1, 1]:
             return self
