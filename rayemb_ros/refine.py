@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
-from .camera import Detector, invert_pose, resize_image
+from .camera import Detector, resize_image, world_to_camera
 from .render import NanoRenderer
 from .volume import Volume
 
@@ -125,7 +125,7 @@ class Refiner:
         self.renderer = NanoRenderer(volume.coarsened(REFINE_VOXEL_MM), device, n_samples=REFINE_SAMPLES)
 
     def _centre_in_source(self, T: Float[np.ndarray, "4 4"]) -> Float[np.ndarray, "3"]:
-        return (invert_pose(T) @ np.r_[self.volume.center, 1.0])[:3]
+        return world_to_camera(T, self.volume.center[None])[0]
 
     def _target(self, image: np.ndarray, K: np.ndarray, width: int, sdd_mm: float):
         h, w = image.shape

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from rayemb_ros.camera import invert_pose
+from rayemb_ros.camera import world_to_camera
 from rayemb_ros.metrics import frame_mtre, target_points
 from rayemb_ros.refine import Refiner, field_mask, gradient_ncc, masked_ncc
 from rayemb_ros.simulate import plan, simulate_frames
@@ -35,7 +35,7 @@ def test_masked_ncc_ignores_outside_and_affine_intensity():
 def shifted(T, volume, depth_mm, degrees, axis):
     """T moved ``depth_mm`` away along the ray through the CT centre and turned about the CT
     centre: the errors PnP on a slightly shrunk landmark layout makes."""
-    centre = (invert_pose(T) @ np.r_[volume.center, 1])[:3]
+    centre = world_to_camera(T, volume.center[None])[0]
     move = np.eye(4)
     move[:3, 3] = -depth_mm * centre / np.linalg.norm(centre)
     turn = np.eye(4)
