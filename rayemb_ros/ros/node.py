@@ -2,7 +2,7 @@
 
 It translates messages to the core's types and back, and nothing else: pairing frames with
 intrinsics, dropping stale frames, serialising loads and estimates and keeping the health
-record all happen in the runner. Topics, frames and units: the README's node section.
+record all happen in the runner. Topics, frames and units: the README's Interfaces section.
 
 Threads: the image and CameraInfo callbacks share one callback group and only decode and
 hand over; ~/load_volume has its own group, so a load that takes seconds never delays image
