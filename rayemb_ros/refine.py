@@ -17,9 +17,9 @@ held-out diffdrr frames with noise and collimation, see the README):
   (rad), xi[3:] shift it (mm, xi[5] along the beam). About the source, a 0.2 degree step
   would sweep the anatomy 3 mm across the image and the steps fight each other.
 
-Schedule: a search over depth along the ray through the CT centre (one batched render), then
-Adam steps at 64 px, then a few at 96 px. Units: mm and radians; poses are T_ct_source
-(camera-to-world), as everywhere in the package.
+Schedule, per level (64 px, then 96 px): a search along the ray through the CT centre for the
+magnification that matches the frame (one DRR at 128 px, scaled), then Adam steps. Units: mm
+and radians; poses are T_ct_source (camera-to-world), as everywhere in the package.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
-from .camera import Detector, resize_image, world_to_camera
+from .camera import Detector, project, resize_image, world_to_camera
 from .render import NanoRenderer
 from .volume import Volume
 
@@ -39,7 +39,11 @@ REFINE_SAMPLES = 100  # ray samples per pixel: enough for edges at <= 96 px, and
 # DRRs of <= 96 px (>= 3 mm pixels at the patient) lose nothing on a CT of <= 1.5 mm voxels,
 # and sampling a quarter of the voxels halves the render time on a CPU.
 REFINE_VOXEL_MM = 1.5
-DEPTH_SEARCH_MM = np.arange(-40.0, 41.0, 10.0)  # source shifts along the ray through the CT centre
+# The search along the beam: one DRR at the start pose, magnified about the CT centre's
+# projection by each factor. 0.9 .. 1.1 covers the CT ~90 mm farther .. ~70 mm nearer at 800 mm.
+MAGNIFICATIONS = np.linspace(0.9, 1.1, 51)
+MAGNIFICATION_WIDTH = 128  # px: a 1 % scale moves anatomy 50 px from the centre by 0.5 px
+MAGNIFICATION_PAD = 0.12  # of the width, rendered beyond each edge: a shrunken DRR still fills the frame
 
 
 @dataclass(frozen=True)
@@ -134,16 +138,40 @@ class Refiner:
         target = torch.as_tensor(small, device=self.renderer.device)
         return target[None], field_mask(target), Detector.from_K(K_small, height, width, sdd_mm)
 
-    def _depth_search(self, T: np.ndarray, target, mask, detector) -> np.ndarray:
-        """The best of the poses shifted along the ray through the CT centre (the start is
-        one of them): PnP's weak direction, searched wider than gradient steps reach."""
-        ray = self._centre_in_source(T)
-        ray /= np.linalg.norm(ray)
-        candidates = np.stack([T @ _translation(d * ray) for d in DEPTH_SEARCH_MM])
+    def magnification_search(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float) -> np.ndarray:
+        """``T`` moved along the ray through the CT centre to where the DRR's magnification
+        matches the frame's. PnP's weak direction is depth, which shows only as magnification
+        (a layout shrunk by 3 % reads as a CT ~25 mm too far away), and at 64 px that is a
+        fraction of a pixel: here one DRR at 128 px is scaled about the CT centre's projection
+        by every candidate factor (scaling an image is cheap; rendering it is not), and the
+        best factor, interpolated between candidates, says how far to move."""
+        target, mask, detector = self._target(image, K, MAGNIFICATION_WIDTH, sdd_mm)
+        h, w = target.shape[-2:]
+        pad = int(np.ceil(MAGNIFICATION_PAD * w))
+        K_wide = detector.K.copy()
+        K_wide[:2, 2] += pad
+        wide = Detector.from_K(K_wide, h + 2 * pad, w + 2 * pad, sdd_mm)
+        centre = project(detector.K, T, self.volume.center[None])[0]
+        factors = torch.as_tensor(MAGNIFICATIONS, dtype=torch.float32, device=self.renderer.device)[:, None, None]
+        rows, cols = torch.meshgrid(torch.arange(h, device=factors.device), torch.arange(w, device=factors.device), indexing="ij")
+        # where each frame pixel samples the wide DRR when that DRR is magnified by the factor
+        x = float(centre[0]) + (cols - float(centre[0])) / factors + pad
+        y = float(centre[1]) + (rows - float(centre[1])) / factors + pad
+        grid = torch.stack([2 * x / (w + 2 * pad - 1) - 1, 2 * y / (h + 2 * pad - 1) - 1], dim=-1)
         with torch.no_grad():
-            drrs = self.renderer.render(torch.as_tensor(candidates, dtype=torch.float32), detector)
-            scores = gradient_ncc(drrs, target, mask).cpu().numpy()
-        return candidates[int(np.argmax(scores))]
+            drr = self.renderer.render(torch.as_tensor(T[None], dtype=torch.float32), wide)
+            scaled = F.grid_sample(drr[None].expand(len(MAGNIFICATIONS), -1, -1, -1), grid, align_corners=True)[:, 0]
+            scores = gradient_ncc(scaled, target, mask).cpu().numpy().astype(np.float64)
+        i = int(np.argmax(scores))
+        factor = MAGNIFICATIONS[i]
+        if 0 < i < len(scores) - 1:  # parabola through the best and its neighbours
+            curvature = scores[i - 1] - 2 * scores[i] + scores[i + 1]
+            if curvature < 0:
+                step = MAGNIFICATIONS[1] - MAGNIFICATIONS[0]
+                factor += 0.5 * step * (scores[i - 1] - scores[i + 1]) / curvature
+        # The source moved towards the CT centre by ``shift`` along the ray magnifies it by
+        # distance / (distance - shift).
+        return T @ _translation((1.0 - 1.0 / factor) * self._centre_in_source(T))
 
     def _descend(self, T_start: np.ndarray, target, mask, detector, level: Level, steps: int) -> tuple[np.ndarray, float]:
         """Adam steps from ``T_start``; the best pose seen (the start included) and its score."""
@@ -184,8 +212,14 @@ class Refiner:
         score_initial = score = float("nan")
         for i, level in enumerate(LEVELS):
             target, mask, detector = self._target(image, K, level.width, sdd_mm)
-            if i == 0:
-                T = self._depth_search(T, target, mask, detector)
+            # Depth first, then the rotation and shifts it unlocks. PnP's depth is off by
+            # 10-60 mm, further than the score at 64 px can judge, so the first search is
+            # taken as it is. Later the pose is near and the rotation right: the search is
+            # then a proposal, kept when this level scores it higher (at +-2 mm it is less
+            # precise than the gradient steps that follow).
+            proposal = self.magnification_search(T, image, K, sdd_mm)
+            if i == 0 or self._score(proposal, target, mask, detector) > self._score(T, target, mask, detector):
+                T = proposal
             n = max(1, int(round(steps * level.share)))
             T, score = self._descend(T, target, mask, detector, level, n)
             if i == len(LEVELS) - 1:

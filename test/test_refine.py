@@ -45,12 +45,31 @@ def shifted(T, volume, depth_mm, degrees, axis):
     return pivot @ turn @ back @ T @ move
 
 
+def depth_error(T, T_gt, volume) -> float:
+    """How much farther from the source than in truth the CT centre is (mm)."""
+    return float(np.linalg.norm(world_to_camera(T, volume.center[None])) - np.linalg.norm(world_to_camera(T_gt, volume.center[None])))
+
+
+@pytest.fixture(scope="module")
+def held_out_frames(example_volume):
+    return list(simulate_frames(example_volume, plan(example_volume, 2, 31, 128, 128), 31))
+
+
 @pytest.mark.slow
-def test_refinement_recovers_depth_and_rotation_errors(example_volume):
-    frames = list(simulate_frames(example_volume, plan(example_volume, 2, 31, 128, 128), 31))
+def test_magnification_search_finds_the_depth(example_volume, held_out_frames):
+    refiner = Refiner(example_volume)
+    for frame, depth_mm in zip(held_out_frames, (60.0, -45.0)):
+        start = shifted(frame.T_ct_source_gt, example_volume, depth_mm, 0.0, [1, 0, 0])
+        assert depth_error(start, frame.T_ct_source_gt, example_volume) == pytest.approx(depth_mm)
+        found = refiner.magnification_search(start, frame.image, frame.K, sdd_mm=1020.0)
+        assert abs(depth_error(found, frame.T_ct_source_gt, example_volume)) < 5.0
+
+
+@pytest.mark.slow
+def test_refinement_recovers_depth_and_rotation_errors(example_volume, held_out_frames):
     points = target_points(example_volume)
     refiner = Refiner(example_volume)
-    for frame, (depth_mm, degrees, axis) in zip(frames, [(25.0, 1.5, [1, 0, 0]), (-20.0, 1.0, [0, 1, 1])]):
+    for frame, (depth_mm, degrees, axis) in zip(held_out_frames, [(55.0, 1.5, [1, 0, 0]), (-35.0, 1.0, [0, 1, 1])]):
         start = shifted(frame.T_ct_source_gt, example_volume, depth_mm, degrees, axis)
         before = frame_mtre(start, frame.T_ct_source_gt, points)
         result = refiner.refine(frame.image, frame.K, start)
