@@ -27,6 +27,7 @@ from .params import Params
 from .pnp import solve_pnp
 from .poses import reference_detector, template_poses
 from .render import cached_arrays, template_bank
+from .refine import Refinement, Refiner
 from .result import Estimate, Landmarks, VolumeInfo
 from .subspace import coarse_to_fine_peaks, sample_embeddings, subspace_basis
 from .train import pick_device
@@ -74,6 +75,20 @@ def landmark_residual_after_scale(T: Float[np.ndarray, "4 4"], K: Float[np.ndarr
     projected = project(K, T, landmarks.points_ct[inliers]) - K[:2, 2]
     k = (uv * projected).sum() / max((projected * projected).sum(), 1e-12)
     return float(np.median(np.linalg.norm(k * projected - uv, axis=1)))
+
+
+def refined_distrust(refined: Refinement, K: Float[np.ndarray, "3 3"], landmarks: Landmarks, scale: float,
+                     params: Params) -> str:
+    """Why a refined pose must not be published, or "". ``scale``: input pixels -> pixels per
+    256 px of width (the unit of the residual threshold)."""
+    residual = landmark_residual_after_scale(refined.T_ct_source, K, landmarks) * scale
+    if residual > params.max_refined_residual_px:
+        return (f"refined pose disagrees with the landmarks (median residual {residual:.2f} px "
+                f"above {params.max_refined_residual_px:.2f})")
+    if not abs(refined.depth_check_mm) <= params.max_depth_check_mm:
+        return (f"refined depth has not settled (the magnification search would move it "
+                f"{refined.depth_check_mm:+.1f} mm, more than {params.max_depth_check_mm:.1f})")
+    return ""
 
 
 class Estimator:
@@ -218,13 +233,12 @@ class Estimator:
             return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         T = pnp.T_ct_source
         if self.params.refine:
-            T = self._refine(scene, image, K, T).T_ct_source
+            refined = self._refine(scene, image, K, T)
+            T = refined.T_ct_source
             t = tick("refine", t)
-            residual = landmark_residual_after_scale(T, K, landmarks) * scale
-            if residual > self.params.max_refined_residual_px:
+            reason = refined_distrust(refined, K, landmarks, scale, self.params)
+            if reason:
                 stage["total"] = (time.perf_counter() - started) * 1000
-                reason = (f"refined pose disagrees with the landmarks (median residual {residual:.2f} px "
-                          f"above {self.params.max_refined_residual_px:.2f})")
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
@@ -255,9 +269,7 @@ class Estimator:
             return f"implausible pose: CT centre {z:.0f} mm from the source along the beam"
         return ""
 
-    def _refine(self, scene: Scene, image, K, T):
-        from .refine import Refiner
-
+    def _refine(self, scene: Scene, image, K, T) -> Refinement:
         with self._lock:
             if self._refiner is None or self._refiner.volume is not scene.volume:
                 self._refiner = Refiner(scene.volume, self.device)

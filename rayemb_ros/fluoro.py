@@ -130,6 +130,20 @@ class _NumpyOps:
         return np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
 
 
+def gaussian_blur(x: Float[torch.Tensor, "B 1 H W"], sigma: Float[torch.Tensor, "B"]) -> Float[torch.Tensor, "B 1 H W"]:
+    """Separable Gaussian (sigma in pixels), one kernel per image: a grouped convolution over
+    the batch; edges reflected."""
+    radius = max(1, math.ceil(3.0 * float(sigma.max())))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma.reshape(-1, 1).clamp_min(1e-3)) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)
+    b, _, h, w = x.shape
+    y = torch.nn.functional.pad(x.reshape(1, b, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = torch.nn.functional.conv2d(y, k.reshape(b, 1, 1, -1), groups=b)
+    y = torch.nn.functional.conv2d(y, k.reshape(b, 1, -1, 1), groups=b)
+    return y.reshape(b, 1, h, w)
+
+
 class _TorchOps:
     """A B x 1 x H x W batch; style fields are B x 1 x 1 x 1 tensors."""
 
@@ -153,16 +167,7 @@ class _TorchOps:
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
 
     def blur(self, x, sigma):
-        # Separable Gaussian with one kernel per image: a grouped convolution over the batch.
-        radius = max(1, math.ceil(3.0 * float(sigma.max())))
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-0.5 * (t / sigma.reshape(-1, 1).clamp_min(1e-3)) ** 2)
-        k = k / k.sum(dim=1, keepdim=True)
-        b, _, h, w = x.shape
-        y = torch.nn.functional.pad(x.reshape(1, b, h, w), (radius, radius, radius, radius), mode="reflect")
-        y = torch.nn.functional.conv2d(y, k.reshape(b, 1, 1, -1), groups=b)
-        y = torch.nn.functional.conv2d(y, k.reshape(b, 1, -1, 1), groups=b)
-        return y.reshape(b, 1, h, w)
+        return gaussian_blur(x, sigma)
 
     def grid(self, x):
         h, w = x.shape[-2:]

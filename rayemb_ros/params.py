@@ -54,6 +54,11 @@ class Params:
     # estimator.landmark_residual_after_scale). Set on the calibration bags: right poses
     # <= 3.13 px, the one pose refinement pulled 15 mm off 3.64 px.
     max_refined_residual_px: float = 3.3
+    # ... and only if its depth has settled: the magnification search run again from the
+    # refined pose would move it along the beam by at most this (mm). That residual cannot
+    # see a pose stuck at a wrong depth (it fits a scale first); this check does. Set on the
+    # 100-frame bags of seeds 505 and 707: right poses <= 4.0 mm, the one pose 22 mm off 6.7 mm.
+    max_depth_check_mm: float = 5.0
     refine_steps: int = 18
     # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);
     # transmission: raw detector signal, the node takes -log.
@@ -74,7 +79,8 @@ class Params:
         if self.image_intensity not in IMAGE_INTENSITIES:
             raise ParamError(f"image_intensity must be one of {IMAGE_INTENSITIES}, got {self.image_intensity!r}")
         positive = ("num_landmarks", "num_keep", "num_templates", "templates_per_landmark", "min_inliers",
-                    "refine_steps", "ransac_threshold_px", "max_reprojection_error_px", "max_refined_residual_px", "sdd_mm")
+                    "refine_steps", "ransac_threshold_px", "max_reprojection_error_px", "max_refined_residual_px", "max_depth_check_mm",
+                    "sdd_mm")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ParamError(f"{name} must be > 0, got {getattr(self, name)!r}")
