@@ -74,15 +74,16 @@ class NanoRenderer:
         return self._drrs[detectors]
 
     def render(
-        self, T_ct_source: Float[torch.Tensor, "B 4 4"], detector: Detector | Sequence[Detector]
+        self, T_ct_source: Float[torch.Tensor, "B 4 4"], detector: Detector | Sequence[Detector],
+        n_samples: int | None = None,
     ) -> Float[torch.Tensor, "B H W"]:
         """Line integrals for camera-to-world poses (mm); differentiable in the poses.
 
         ``detector`` is one detector for all poses, or a sequence of one per pose (all of
-        the same pixel size)."""
+        the same pixel size); ``n_samples`` per ray overrides the renderer's own."""
         T = T_ct_source.to(self.device, torch.float32)
         detectors = (detector,) if isinstance(detector, Detector) else tuple(detector)
-        return self._drr(detectors)(self.subject, T, n_samples=self.n_samples)[:, 0]
+        return self._drr(detectors)(self.subject, T, n_samples=n_samples or self.n_samples)[:, 0]
 
     def render_np(self, T_ct_source: Float[np.ndarray, "B 4 4"], detector: Detector, batch: int = 8) -> Float[np.ndarray, "B H W"]:
         out = []
