@@ -57,7 +57,7 @@ class Params:
     # ... and only if its depth has settled: the magnification search run again from the
     # refined pose would move it along the beam by at most this (mm). That residual cannot
     # see a pose stuck at a wrong depth (it fits a scale first); this check does. Set on the
-    # 100-frame bags of seeds 505 and 707: right poses <= 4.0 mm, the one pose 22 mm off 6.7 mm.
+    # 100-frame bags of seeds 505 and 707: right poses <= 4.4 mm, the one pose 22 mm off 6.7 mm.
     max_depth_check_mm: float = 5.0
     refine_steps: int = 18
     # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);

@@ -170,7 +170,7 @@ class Refiner:
         grid = torch.stack([2 * x / (w + 2 * pad - 1) - 1, 2 * y / (h + 2 * pad - 1) - 1], dim=-1)
         with torch.no_grad():
             drr = self.renderer.render(torch.as_tensor(T[None], dtype=torch.float32), wide, MAGNIFICATION_SAMPLES)
-            drr = gaussian_blur(drr[:, None], torch.tensor([MAGNIFICATION_BLUR_PX]))[:, 0]
+            drr = gaussian_blur(drr[:, None], torch.tensor([MAGNIFICATION_BLUR_PX], device=drr.device))[:, 0]
             scaled = F.grid_sample(drr[None].expand(len(MAGNIFICATIONS), -1, -1, -1), grid, align_corners=True)[:, 0]
             scores = gradient_ncc(scaled, target, mask).cpu().numpy().astype(np.float64)
         i = int(np.argmax(scores))
