@@ -71,8 +71,8 @@ LEVELS = (Level(64, 0.7, 5e-3, 1.0), Level(96, 0.3, 2e-3, 0.4))
 class Refinement:
     """A refined pose (camera-to-world, mm), the gradient NCC, in [-1, 1], of the start and
     of the result at the finest level, and ``depth_check_mm``: how far the magnification
-    search, run again from the result, would still move it along the beam (near 0 when the
-    depth is settled; a pose stuck at a wrong depth is pulled several mm)."""
+    search, run again from the result, would still move the source towards the CT centre
+    (near 0 when the depth is settled; a pose stuck at a wrong depth is pulled several mm)."""
 
     T_ct_source: Float[np.ndarray, "4 4"]
     score_initial: float
@@ -150,11 +150,18 @@ class Refiner:
 
     def magnification_search(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float) -> np.ndarray:
         """``T`` moved along the ray through the CT centre to where the DRR's magnification
-        matches the frame's. PnP's weak direction is depth, which shows only as magnification
-        (a layout shrunk by 3 % reads as a CT ~25 mm too far away), and at 64 px that is a
-        fraction of a pixel: here one DRR at 128 px is scaled about the CT centre's projection
-        by every candidate factor (scaling an image is cheap; rendering it is not), and the
-        best factor, interpolated between candidates, says how far to move."""
+        matches the frame's (by :meth:`magnification_shift_mm`)."""
+        ray = self._centre_in_source(T)
+        return T @ _translation(self.magnification_shift_mm(T, image, K, sdd_mm) * ray / np.linalg.norm(ray))
+
+    def magnification_shift_mm(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float) -> float:
+        """How far (mm) to move the source from ``T`` towards the CT centre, along the ray
+        through it, for the DRR's magnification to match the frame's. PnP's weak direction is
+        depth, which shows only as magnification (a layout shrunk by 3 % reads as a CT ~25 mm
+        too far away), and at 64 px that is a fraction of a pixel: here one DRR at 128 px is
+        scaled about the CT centre's projection by every candidate factor (scaling an image is
+        cheap; rendering it is not), and the best factor, interpolated between candidates,
+        says how far to move."""
         target, mask, detector = self._target(image, K, MAGNIFICATION_WIDTH, sdd_mm)
         h, w = target.shape[-2:]
         pad = int(np.ceil(MAGNIFICATION_PAD * w))
@@ -182,7 +189,7 @@ class Refiner:
                 factor += 0.5 * step * (scores[i - 1] - scores[i + 1]) / curvature
         # The source moved towards the CT centre by ``shift`` along the ray magnifies it by
         # distance / (distance - shift).
-        return T @ _translation((1.0 - 1.0 / factor) * self._centre_in_source(T))
+        return float((1.0 - 1.0 / factor) * np.linalg.norm(self._centre_in_source(T)))
 
     def _descend(self, T_start: np.ndarray, target, mask, detector, level: Level, steps: int) -> tuple[np.ndarray, float]:
         """Adam steps from ``T_start``; the best pose seen (the start included) and its score."""
@@ -232,9 +239,7 @@ class Refiner:
                 score_initial = self._score(T_initial, target, mask, detector)
                 if score_initial >= score:  # the finest level prefers where we began
                     T, score = np.asarray(T_initial, dtype=np.float64), score_initial
-        settled = self.magnification_search(T, image, K, sdd_mm)
-        depth_check = float(np.linalg.norm(self._centre_in_source(T)) - np.linalg.norm(self._centre_in_source(settled)))
-        return Refinement(T, score_initial, score, depth_check)
+        return Refinement(T, score_initial, score, self.magnification_shift_mm(T, image, K, sdd_mm))
 
     def _score(self, T: np.ndarray, target, mask, detector) -> float:
         with torch.no_grad():
