@@ -64,7 +64,11 @@ class Level:
     lr_trans: float
 
 
-LEVELS = (Level(64, 0.7, 5e-3, 1.0), Level(96, 0.3, 2e-3, 0.4))
+# The coarse level's rotation step sets how far refinement can turn: with 5e-3 rad its 13
+# annealed steps turned at most ~2.7 deg, and PnP poses tilted ~7 deg about the image's
+# horizontal axis ended 11.5 mm off (tilt traded against depth). With 1e-2 they end <= 8 mm
+# and the median improves (100 held-out frames, seed 707: 1.17 -> 0.91 mm).
+LEVELS = (Level(64, 0.7, 1e-2, 1.0), Level(96, 0.3, 2e-3, 0.4))
 
 
 @dataclass
