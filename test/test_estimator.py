@@ -1,9 +1,9 @@
-"""The estimator's trust checks of a refined pose: against its landmarks, and its depth."""
+"""The estimator's trust checks: of a PnP pose, and of a refined pose against its landmarks and its depth."""
 
 import numpy as np
 
 from rayemb_ros.camera import project
-from rayemb_ros.estimator import landmark_residual_after_scale, refined_distrust
+from rayemb_ros.estimator import landmark_residual_after_scale, pnp_distrust, refined_distrust
 from rayemb_ros.params import Params
 from rayemb_ros.poses import carm_pose, reference_detector
 from rayemb_ros.refine import Refinement
@@ -43,11 +43,42 @@ def test_a_refined_pose_is_refused_when_its_depth_has_not_settled():
     T, K, points, uv = layout(rng)
     params = Params()
     settled = Refinement(T, 0.5, 0.9, depth_check_mm=0.4)
-    assert refined_distrust(settled, K, landmarks(points, uv), 1.0, params) == ""
+    assert refined_distrust(settled, T, K, landmarks(points, uv), 1.0, params) == ""
     # the landmarks cannot tell (a pure depth error reads as a scale), the depth check can
     unsettled = Refinement(T, 0.5, 0.9, depth_check_mm=-2 * params.max_depth_check_mm)
-    assert "depth has not settled" in refined_distrust(unsettled, K, landmarks(points, uv), 1.0, params)
+    assert "depth has not settled" in refined_distrust(unsettled, T, K, landmarks(points, uv), 1.0, params)
     sideways = T.copy()
     sideways[:3, 3] += sideways[:3, :3] @ np.array([10.0, 0.0, 0.0])
     assert "disagrees with the landmarks" in refined_distrust(
-        Refinement(sideways, 0.5, 0.9, 0.0), K, landmarks(points, uv), 1.0, params)
+        Refinement(sideways, 0.5, 0.9, 0.0), T, K, landmarks(points, uv), 1.0, params)
+
+
+def test_the_residual_is_judged_against_the_frames_own_noise():
+    """Noisy landmarks leave a right refined pose a large residual; what matters is how much
+    worse than the PnP pose it explains them."""
+    rng = np.random.default_rng(3)
+    T, K, points, uv = layout(rng)
+    noisy = landmarks(points, uv + rng.normal(0, 3.0, uv.shape))
+    params = Params()
+    assert landmark_residual_after_scale(T, K, noisy) > 3.3  # the old absolute bound refused this
+    assert refined_distrust(Refinement(T, 0.5, 0.9, 0.0), T, K, noisy, 1.0, params) == ""
+    # the same residual increase is refused at any noise level
+    sideways = T.copy()
+    sideways[:3, 3] += sideways[:3, :3] @ np.array([4.0, 0.0, 0.0])
+    clean = landmarks(points, uv)
+    increase = landmark_residual_after_scale(sideways, K, clean) - landmark_residual_after_scale(T, K, clean)
+    assert increase > params.max_residual_increase_px
+    assert "disagrees with the landmarks" in refined_distrust(Refinement(sideways, 0.5, 0.9, 0.0), T, K, clean, 1.0, params)
+
+
+def test_refinement_may_try_a_pnp_pose_that_could_not_be_published_as_is():
+    T, _, _, _ = layout(np.random.default_rng(4))
+    centre = np.zeros(3)
+    refining, pnp_only = Params(), Params(refine=False)
+    inliers = int(0.2 * 250)  # between the two ratios
+    assert refining.refine_min_inlier_ratio < 0.2 < pnp_only.min_inlier_ratio
+    assert pnp_distrust(T, centre, inliers, 250, 2.0, refining) == ""
+    assert "inlier ratio" in pnp_distrust(T, centre, inliers, 250, 2.0, pnp_only)
+    assert "too few inliers" in pnp_distrust(T, centre, 20, 250, 2.0, refining)
+    assert "reprojection error" in pnp_distrust(T, centre, 200, 250, 9.0, refining)
+    assert "no consistent pose" in pnp_distrust(None, centre, 200, 250, 2.0, refining)
