@@ -37,6 +37,11 @@ _CAMERA_INFO_HISTORY = 64
 # the image first). A frame waits this long for the CameraInfo with its stamp while the
 # newest one is older than the frame (it may still be on its way), then takes the newest...
 _PAIRING_WAIT_S = 0.05
+# ...or this long, once images have been finding CameraInfos with their own stamps (a camera
+# that sends one per image, as the contract's bags do). Then the newest is another frame's,
+# and its K may differ (zoom, SDD): a wrong K gives a wrong pose that looks right. 50 ms
+# was not always enough for the executor to deliver it on a loaded machine.
+_PAIRED_WAIT_S = 1.0
 # ...and this long for the very first CameraInfo.
 _FIRST_INFO_WAIT_S = 1.0
 
@@ -154,6 +159,7 @@ class Runner:
         self._frame: Frame | None = None
         self._loads: deque[_Load] = deque()
         self._infos: OrderedDict[int, _CameraInfo] = OrderedDict()
+        self._infos_per_image = False  # the last frame found the CameraInfo with its stamp
         self._closed = False
         self._health = Health()
         self._thread = threading.Thread(target=self._work, name="rayemb-worker", daemon=True)
@@ -272,10 +278,13 @@ class Runner:
         with self._cv:
             if not self._infos:
                 wait_s = _FIRST_INFO_WAIT_S
+            elif next(reversed(self._infos)) < stamp_ns:
+                wait_s = _PAIRED_WAIT_S if self._infos_per_image else _PAIRING_WAIT_S
             else:
-                wait_s = _PAIRING_WAIT_S if next(reversed(self._infos)) < stamp_ns else 0.0
+                wait_s = 0.0
             self._cv.wait_for(lambda: stamp_ns in self._infos or self._closed, wait_s)
-            if stamp_ns in self._infos:
+            self._infos_per_image = stamp_ns in self._infos
+            if self._infos_per_image:
                 return self._infos[stamp_ns]
             return next(reversed(self._infos.values()), None)
 

@@ -115,6 +115,21 @@ def test_an_image_waits_briefly_for_its_camera_info(setup):
     assert results[0].K[0, 0] == 20
 
 
+def test_an_image_waits_longer_once_camera_infos_come_one_per_image(setup):
+    """The previous frame's CameraInfo may hold another K: once images have been finding
+    their own, a late one is waited for rather than replaced."""
+    runner, estimator, results, events = setup
+    runner.load_volume("example")
+    runner.camera_info(10, np.diag([10.0, 10.0, 1.0]), 0, 0)
+    runner.submit(frame(1, stamp_ns=10))
+    wait_until(lambda: results, 5, "a result")
+    runner.submit(frame(2, stamp_ns=20))
+    time.sleep(0.3)  # far past the 50 ms a frame waits for a camera that sends CameraInfo rarely
+    runner.camera_info(20, np.diag([20.0, 20.0, 1.0]), 0, 0)
+    wait_until(lambda: len(results) == 2, 5, "a second result")
+    assert [r.K[0, 0] for r in results] == [10, 20]
+
+
 def test_newest_frame_wins_and_loads_are_serialised(setup):
     runner, estimator, results, events = setup
     runner.camera_info(0, np.eye(3), 0, 0)
