@@ -43,7 +43,7 @@ class Params:
     min_inlier_ratio: float = 0.25
     max_reprojection_error_px: float = 2.75
     # Intensity-based refinement after PnP (gradient NCC through a differentiable renderer):
-    # what makes the pose navigation-grade (median mTRE ~1.3 mm against ~8 mm from PnP
+    # what makes the pose navigation-grade (median mTRE ~0.9 mm against ~8-15 mm from PnP
     # alone, see the README), at ~1.4 s per frame on 2 CPU cores (~0.2 s on a GPU). Off =
     # PnP poses only, ~60 ms per frame, for tracking where millimetres matter less.
     refine: bool = True

@@ -51,6 +51,12 @@ MAGNIFICATION_PAD = 0.12  # of the width, rendered beyond each edge: a shrunken 
 # poses 2-7 mm (median |error| of the proposed move 4.8 mm; 1.0 mm with this smoothing).
 MAGNIFICATION_BLUR_PX = 1.5
 MAGNIFICATION_SAMPLES = 64  # ray samples: the smoothed DRR needs fewer, and this render is most of the search's time
+# The search run once more after the last level (the depth check) is applied when it asks
+# for more than this (mm); smaller moves are within its own noise (~1 mm median error).
+# Applied, it took the refined poses of 356 held-out frames from median 0.82 to 0.77 mm and
+# those > 5 mm off from 6 to 1 (36 poses better, 10 worse by > 0.5 mm; applying every
+# move: 64 better, 41 worse).
+DEPTH_SETTLE_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,10 @@ LEVELS = (Level(64, 0.7, 1e-2, 1.0), Level(96, 0.3, 2e-3, 0.4))
 @dataclass
 class Refinement:
     """A refined pose (camera-to-world, mm), the gradient NCC, in [-1, 1], of the start and
-    of the result at the finest level, and ``depth_check_mm``: how far the magnification
-    search, run again from the result, would still move the source towards the CT centre
-    (near 0 when the depth is settled; a pose stuck at a wrong depth is pulled several mm)."""
+    of the last level's result at the finest level, and ``depth_check_mm``: how far the
+    magnification search, run again after the last level, moved the source towards the CT
+    centre (moves under DEPTH_SETTLE_MM are not applied). Near 0 when the depth has settled;
+    a pose stuck at a wrong depth is pulled several mm, and the estimator refuses it."""
 
     T_ct_source: Float[np.ndarray, "4 4"]
     score_initial: float
@@ -155,8 +162,12 @@ class Refiner:
     def magnification_search(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float) -> np.ndarray:
         """``T`` moved along the ray through the CT centre to where the DRR's magnification
         matches the frame's (by :meth:`magnification_shift_mm`)."""
+        return self._moved_along_ray(T, self.magnification_shift_mm(T, image, K, sdd_mm))
+
+    def _moved_along_ray(self, T: Float[np.ndarray, "4 4"], shift_mm: float) -> Float[np.ndarray, "4 4"]:
+        """``T`` with the source moved ``shift_mm`` towards the CT centre, along the ray through it."""
         ray = self._centre_in_source(T)
-        return T @ _translation(self.magnification_shift_mm(T, image, K, sdd_mm) * ray / np.linalg.norm(ray))
+        return T @ _translation(shift_mm * ray / np.linalg.norm(ray))
 
     def magnification_shift_mm(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float) -> float:
         """How far (mm) to move the source from ``T`` towards the CT centre, along the ray
@@ -229,7 +240,8 @@ class Refiner:
     ) -> Refinement:
         """Refine ``T_initial`` (camera-to-world, mm) against a frame (attenuation, any
         scale) with intrinsics ``K``; ``steps`` gradient steps split over the levels. Never
-        worse than the start by the finest level's score: the best pose seen is kept."""
+        worse than the start by the finest level's score (the best pose seen is kept), then
+        moved along the beam where the depth check asks for more than DEPTH_SETTLE_MM."""
         T = np.asarray(T_initial, dtype=np.float64)
         score_initial = score = float("nan")
         for i, level in enumerate(LEVELS):
@@ -243,7 +255,10 @@ class Refiner:
                 score_initial = self._score(T_initial, target, mask, detector)
                 if score_initial >= score:  # the finest level prefers where we began
                     T, score = np.asarray(T_initial, dtype=np.float64), score_initial
-        return Refinement(T, score_initial, score, self.magnification_shift_mm(T, image, K, sdd_mm))
+        shift = self.magnification_shift_mm(T, image, K, sdd_mm)
+        if abs(shift) > DEPTH_SETTLE_MM:
+            T = self._moved_along_ray(T, shift)
+        return Refinement(T, score_initial, score, shift)
 
     def _score(self, T: np.ndarray, target, mask, detector) -> float:
         with torch.no_grad():
