@@ -19,8 +19,9 @@ held-out diffdrr frames with noise and collimation, see the README):
 
 Schedule, per level (64 px, then 96 px): a search along the ray through the CT centre for the
 magnification that matches the frame (one DRR at 128 px, scaled), then Adam steps; at the end
-the same search, from the result, checks that the depth has settled. Units: mm and radians;
-poses are T_ct_source (camera-to-world), as everywhere in the package.
+the same search, from the result, checks that the depth has settled, and its move is applied
+when over DEPTH_SETTLE_MM. Units: mm and radians; poses are T_ct_source (camera-to-world), as
+everywhere in the package.
 """
 
 from __future__ import annotations
