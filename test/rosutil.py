@@ -209,6 +209,27 @@ class Camera:
         self._image.publish(image)
         return stamp
 
+    def publish_heard(self, image: Image, K: np.ndarray | None, frames_received: Callable[[], int],
+                      attempts: int = 4, wait_s: float = 5.0) -> int:
+        """``publish`` until the node counts the frame as received (``frames_received``, its
+        /diagnostics counter, goes up); the stamp of the frame it heard.
+
+        Discovery is two-sided: this side matched the node's readers before the first
+        publish, but the node's best-effort readers drop what arrives before they, in turn,
+        match these new writers, and no API tells this side when that happened. A lost
+        discovery message waits for Fast DDS's next heartbeat (seconds), so a fixed delay is
+        no cure: resend instead (a lost frame is not counted, so counts stay exact).
+        """
+        for _ in range(attempts):
+            before = frames_received()
+            stamp = self.publish(image, K)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                if frames_received() > before:
+                    return stamp
+                time.sleep(0.05)
+        raise AssertionError(f"the node counted none of {attempts} frames sent {wait_s:.0f} s apart")
+
     def close(self) -> None:
         self._node.destroy_publisher(self._image)
         self._node.destroy_publisher(self._info)

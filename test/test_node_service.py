@@ -5,7 +5,6 @@ One node process serves the whole module; the tests run in file order.
 
 import gzip
 import os
-import time
 
 import numpy as np
 import pytest
@@ -69,9 +68,11 @@ def test_frames_before_a_volume_are_counted_and_dropped(ros):
     camera = Camera(graph)
     image = array_to_image(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64), "mono16", Header())
     K = np.array([[500.0, 0, 31.5], [0, 500.0, 31.5], [0, 0, 1]])
-    for _ in range(3):
-        camera.publish(image, K)
-        time.sleep(0.1)  # one at a time: the node keeps only the newest unhandled image
+    def frames_received() -> int:
+        return int(values(diagnostics.wait_for(lambda m: True, 10, "diagnostics", len(diagnostics) - 1))["frames_received"])
+
+    for _ in range(3):  # one at a time: the node keeps only the newest unhandled image
+        camera.publish_heard(image, K, frames_received)
     dropped = diagnostics.wait_for(lambda m: values(m)["dropped_no_volume"] == "3", 10, "frames dropped without a volume")
     assert values(dropped)["volume_loaded"] == "false" and values(dropped)["rejected"] == "0" and node.alive
     camera.close()
