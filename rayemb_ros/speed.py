@@ -1,7 +1,8 @@
 """`rayemb speed`: how fast the pieces run on this machine, stage by stage.
 
 * a 64-template bank at 128 px, rendered cold (empty cache) and loaded warm;
-* training pairs per hour (PairSampler: rendering + fluoroscopy degradation);
+* training: pairs rendered per hour (PairSampler: rendering + fluoroscopy degradation), and
+  a whole step (rendering, forward and backward) at the default training settings;
 * the estimator: preload of a CT cold and warm, and frame -> pose per stage.
 
 Timing lives in a command, never in tests. Prints a table and writes ``--out`` as JSON.
@@ -34,7 +35,8 @@ def measure(volume_path: str, device: str, frames: int) -> dict:
     from .poses import reference_detector, template_poses
     from .render import NanoRenderer, template_bank
     from .simulate import plan
-    from .train import PairSampler, TrainConfig, pick_device
+    from .model import Encoder
+    from .train import PairSampler, TrainConfig, batch_loss, pick_device
     from .volume import load_volume
 
     dev = pick_device(device)
@@ -60,13 +62,26 @@ def measure(volume_path: str, device: str, frames: int) -> dict:
         else:
             os.environ["RAYEMB_CACHE"] = previous
 
-    sampler = PairSampler(TrainConfig(volume=volume_path, device=str(dev)), dev)
+    config = TrainConfig(volume=volume_path, device=str(dev))
+    sampler = PairSampler(config, dev)
     rng = np.random.default_rng(0)
     sampler.sample(rng)  # warm-up (kernels, caches)
     batch_s = min(_timed(lambda: sampler.sample(rng))[1] for _ in range(3))
-    queries = sampler.config.batch
-    results["training_pairs_per_hour"] = queries * 3600.0 / batch_s
+    results["training_pairs_per_hour"] = config.batch * 3600.0 / batch_s
     results["training_batch_s"] = batch_s
+    # What a training run costs: the batch's rendering plus the encoder's forward and backward
+    # pass over queries and templates (on the CPU several times the rendering alone).
+    encoder = Encoder(config.encoder).to(dev)  # the cost does not depend on the weights
+
+    def step() -> None:
+        batch_loss(encoder, sampler.sample(rng), config).backward()
+
+    step()  # warm-up
+    step_s = min(_timed(step)[1] for _ in range(2))
+    results["training_step_s"] = step_s
+    results["training_step_pairs_per_hour"] = config.batch * 3600.0 / step_s
+    results["training_batch"] = config.batch
+    results["training_templates"] = config.templates
 
     renderer = NanoRenderer(volume, dev)
     stages: dict[str, list[float]] = {}
@@ -96,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
           f"warm {r['template_bank_64x128px_warm_s']:.2f} s")
     print(f"preload of the CT ({r['num_landmarks']} landmarks): cold {r['preload_cold_s']:.1f} s, "
           f"warm {r['preload_warm_s']:.1f} s")
-    print(f"training pairs: {r['training_pairs_per_hour']:.0f} per hour ({r['training_batch_s']:.2f} s per batch)")
+    print(f"training pairs rendered: {r['training_pairs_per_hour']:.0f} per hour ({r['training_batch_s']:.2f} s per batch)")
+    print(f"training step (render, forward, backward; batch {r['training_batch']}, {r['training_templates']} templates): "
+          f"{r['training_step_s']:.1f} s, {r['training_step_pairs_per_hour']:.0f} pairs per hour")
     print(f"frame -> pose at 256 px, {r['num_keep']} landmarks to PnP, {r['frames']} frames (ms p50 / p95):")
     for name, v in r["frame_ms"].items():
         print(f"  {name:<11} {v['p50']:7.1f} {v['p95']:7.1f}")

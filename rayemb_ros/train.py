@@ -139,6 +139,11 @@ def infonce_loss(sim: torch.Tensor, batch: Batch, tau: float) -> torch.Tensor:
     return per_point.sum() / batch.valid.sum().clamp_min(1)
 
 
+def batch_loss(encoder: Encoder, batch: Batch, config: TrainConfig) -> torch.Tensor:
+    """The training objective of one batch (InfoNCE of the subspace similarity maps)."""
+    return infonce_loss(batch_similarity(encoder, batch, config.templates), batch, config.tau)
+
+
 def peak_errors(
     maps: Float[torch.Tensor, "B P H W"], uv: Float[torch.Tensor, "B P 2"], valid: torch.Tensor
 ) -> Float[torch.Tensor, "N"]:
@@ -168,8 +173,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     val = [sampler.sample(val_rng) for _ in range(max(1, config.val_frames // config.batch))]
 
     def step_loss(step: int) -> torch.Tensor:
-        batch = sampler.sample(np.random.default_rng([config.seed, step]))
-        return infonce_loss(batch_similarity(encoder, batch, config.templates), batch, config.tau)
+        return batch_loss(encoder, sampler.sample(np.random.default_rng([config.seed, step])), config)
 
     summary = fit(encoder, config, out, step_loss, lambda: localisation_error(encoder, val, config.templates), progress)
     save_weights(out, encoder.cpu(), {"train": _config_json(config), "metrics": summary})
