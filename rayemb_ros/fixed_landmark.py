@@ -36,7 +36,6 @@ from jaxtyping import Bool, Float
 from torch import nn
 
 from .camera import project, resize_image
-from .fluoro import in_collimated_field
 from .checkpoint import load_encoder, save_weights
 from .model import Encoder, EncoderConfig
 from .pnp import solve_pnp
@@ -98,7 +97,7 @@ class HeatmapNet(Encoder):
 class HeatmapBatch:
     images: Float[torch.Tensor, "B 1 S S"]  # degraded fluoroscopy
     uv: Float[torch.Tensor, "B M 2"]  # true projections (px)
-    visible: Bool[torch.Tensor, "B M"]  # projection inside the image and its collimated field
+    visible: Bool[torch.Tensor, "B M"]  # projection inside the image
 
 
 class LandmarkSampler:
@@ -113,9 +112,8 @@ class LandmarkSampler:
         poses = sample_poses(rng, b, self.pairs.volume.center)
         detectors = [sample_detector(rng, s, s) for _ in range(b)]
         uv = np.stack([project(d.K, T, self.points) for d, T in zip(detectors, poses)])
-        images, styles = self.pairs.render_queries(rng, poses, detectors)
-        in_field = np.stack([in_collimated_field(st, p, s, s) for st, p in zip(styles, uv)])
-        visible = ((uv >= 0) & (uv <= s - 1)).all(-1) & in_field
+        visible = ((uv >= 0) & (uv <= s - 1)).all(-1)
+        images = self.pairs.render_queries(rng, poses, detectors)
         device = self.pairs.device
         return HeatmapBatch(images, torch.as_tensor(uv, dtype=torch.float32, device=device),
                             torch.as_tensor(visible, device=device))

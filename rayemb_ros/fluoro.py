@@ -28,7 +28,7 @@ from dataclasses import astuple, dataclass, fields
 import cv2
 import numpy as np
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 
 from rayemb_ros.params import IMAGE_INTENSITIES
 
@@ -194,27 +194,13 @@ def _pipeline(L, s: FluoroStyle, ops, intensity: str):
         a = -ops.log(counts / s.dose) / s.optical_depth
         a = (a - s.window_low) / (s.window_high - s.window_low)
         out = s.gain * ops.clip(a, 0.0, 1.0) ** s.gamma
-    return out * _collimated_field(s, rows, cols, h, w)
-
-
-def _collimated_field(s: FluoroStyle, rows, cols, h: int, w: int, margin: float = 0.0):
-    """True inside the iris and between the shutter blades, ``margin`` pixels in from their
-    edges; ``rows``/``cols`` broadcast (a pixel grid, or the coordinates of points)."""
-    r = s.iris_radius * (min(h, w) / 2.0) - margin
+    # Collimation: inside the iris and between the shutter blades.
+    r = s.iris_radius * (min(h, w) / 2.0)
     cu = (w - 1) / 2.0 + s.iris_dx * w / 2.0
     cv = (h - 1) / 2.0 + s.iris_dy * h / 2.0
-    inside = (cols - cu) ** 2 + (rows - cv) ** 2 <= r**2
-    inside = inside & (cols >= s.cut_left * w + margin) & (cols < (1.0 - s.cut_right) * w - margin)
-    return inside & (rows >= s.cut_top * h + margin) & (rows < (1.0 - s.cut_bottom) * h - margin)
-
-
-def in_collimated_field(
-    style: FluoroStyle, uv: Float[np.ndarray, "N 2"], h: int, w: int, margin: float = 0.0
-) -> Bool[np.ndarray, "N"]:
-    """Whether points (pixels, (u, v) = (column, row)) lie in the frame's collimated field, at
-    least ``margin`` pixels from its edge: outside it the frame shows nothing of them."""
-    uv = np.asarray(uv, dtype=np.float64)
-    return np.asarray(_collimated_field(style, uv[:, 1], uv[:, 0], h, w, margin), dtype=bool)
+    inside = ((cols - cu) ** 2 + (rows - cv) ** 2 <= r**2) & (cols >= s.cut_left * w) & (cols < (1.0 - s.cut_right) * w)
+    inside = inside & (rows >= s.cut_top * h) & (rows < (1.0 - s.cut_bottom) * h)
+    return out * inside
 
 
 def apply(

@@ -5,7 +5,6 @@ fluoroscopy frame (:mod:`rayemb_ros.fluoro`), and T clean template DRRs of the s
 other poses; 3D points in bone that all of them see. For each point the query pixel whose
 embedding is closest to the span of the point's template embeddings must be the point's
 true projection: InfoNCE over all query pixels, the true (sub-pixel) location as positive.
-Points outside the query's image or collimated field are no positives.
 
 Pairs are rendered on the fly with nanodrr (fast on CUDA; on the CPU it is the bottleneck).
 Resumable: the training state is saved beside the output every ``--ckpt-every`` steps and
@@ -30,7 +29,7 @@ from jaxtyping import Float
 
 from .camera import Detector, project
 from .checkpoint import load_encoder, save_weights
-from .fluoro import FluoroStyle, apply_batch, in_collimated_field, sample_style
+from .fluoro import apply_batch, sample_style
 from .model import Encoder, EncoderConfig
 from .poses import reference_detector, sample_detector, sample_poses
 from .render import NanoRenderer
@@ -103,10 +102,7 @@ class PairSampler:
         inside = lambda uv: ((uv >= margin) & (uv <= s - 1 - margin)).all(-1)  # noqa: E731
         valid = inside(uv_q) & inside(uv_t).reshape(b, t, p).all(1)
 
-        queries, styles = self.render_queries(rng, q_poses, q_dets)
-        # A point the query's collimator hides has no image content to be found by: it is no
-        # positive (nor can the estimator find it in a real frame).
-        valid &= np.stack([in_collimated_field(st, uv, s, s, margin) for st, uv in zip(styles, uv_q)])
+        queries = self.render_queries(rng, q_poses, q_dets)
         with torch.no_grad():  # clean templates, with the contrast the queries were drawn with
             templates = self.renderer.render(torch.as_tensor(t_poses), self.template_detector)[:, None]
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
@@ -114,17 +110,15 @@ class PairSampler:
 
     def render_queries(
         self, rng: np.random.Generator, poses: Float[np.ndarray, "B 4 4"], detectors: list[Detector]
-    ) -> tuple[Float[torch.Tensor, "B 1 S S"], list[FluoroStyle]]:
-        """Realistic fluoroscopy frames at the poses: DRRs degraded by random acquisition
-        styles, and the styles (their collimation says which pixels show anything)."""
+    ) -> Float[torch.Tensor, "B 1 S S"]:
+        """Realistic fluoroscopy frames at the poses: DRRs degraded by a random acquisition style."""
         # Vary the HU -> attenuation mapping so that bone/soft-tissue contrast is not learned
         # as a constant (other renderers and real detectors differ).
         self.renderer.subject.set_mu(mu_bone=float(rng.uniform(0.035, 0.09)))
         with torch.no_grad():
             clean = self.renderer.render(torch.as_tensor(poses), detectors)[:, None]
             gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-            styles = [sample_style(rng) for _ in detectors]
-            return apply_batch(clean, styles, gen), styles
+            return apply_batch(clean, [sample_style(rng) for _ in detectors], gen)
 
 
 def batch_similarity(encoder: Encoder, batch: Batch, templates_per_query: int) -> torch.Tensor:
