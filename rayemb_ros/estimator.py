@@ -4,8 +4,8 @@
 their embeddings, M landmark candidates in bone, and for each landmark an orthonormal basis
 of its ray embeddings in the templates that see it. The result is cached on disk per CT
 content, weights and settings, so a second preload of the same CT only reads the file.
-``estimate`` then costs one encoder pass, one batched similarity, PnP, and (optionally)
-refinement.
+``estimate`` then costs one encoder pass, one batched similarity, PnP, and refinement, or
+with refinement off, by default one magnification search that corrects the PnP pose's depth.
 
 No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call this API.
 """
@@ -258,13 +258,16 @@ class Estimator:
             return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         T = pnp.T_ct_source
         if self.params.refine:
-            refined = self._refine(scene, image, K, T)
+            refined = self._refiner_of(scene).refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
             T = refined.T_ct_source
             t = tick("refine", t)
             reason = refined_distrust(refined, pnp.T_ct_source, K, landmarks, scale, self.params)
             if reason:
                 stage["total"] = (time.perf_counter() - started) * 1000
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
+        elif self.params.depth_search:
+            T = self._refiner_of(scene).magnification_search(T, image, K, self.params.sdd_mm)
+            t = tick("depth", t)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
 
@@ -278,9 +281,8 @@ class Estimator:
         small, _ = resize_image(np.asarray(image, dtype=np.float32), K, work_h, work_w)
         return self.encoder(torch.as_tensor(small, device=self.device)[None, None])
 
-    def _refine(self, scene: Scene, image, K, T) -> Refinement:
+    def _refiner_of(self, scene: Scene) -> Refiner:
         with self._lock:
             if self._refiner is None or self._refiner.volume is not scene.volume:
                 self._refiner = Refiner(scene.volume, self.device)
-            refiner = self._refiner
-        return refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
+            return self._refiner

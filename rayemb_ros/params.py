@@ -45,7 +45,8 @@ class Params:
     # Intensity-based refinement after PnP (gradient NCC through a differentiable renderer):
     # what makes the pose navigation-grade (median mTRE ~0.9 mm against ~8-15 mm from PnP
     # alone, see the README), at ~1.4 s per frame on 2 CPU cores (~0.2 s on a GPU). Off =
-    # PnP poses only, ~60 ms per frame, for tracking where millimetres matter less.
+    # PnP poses and a depth search (below), ~0.1 s per frame, for tracking where a few
+    # millimetres matter less.
     refine: bool = True
     # With refinement on, the inlier ratio a PnP pose needs for refinement to try it (the
     # refined-pose gates below then judge the result). Refinement rescues most frames of
@@ -68,6 +69,11 @@ class Params:
     # 100-frame bags of seeds 505 and 707: right poses <= 4.4 mm, the one pose 22 mm off 6.7 mm.
     max_depth_check_mm: float = 5.0
     refine_steps: int = 18
+    # With refinement off: one magnification search (a DRR at the PnP pose, scaled; ~60 ms
+    # on 2 CPU cores) moves the PnP pose along the beam, the direction PnP on the encoder's
+    # landmarks gets wrong (README). Seed 101, 40 frames: median 15.0 -> 3.8 mm, GFR@10 60 ->
+    # 7.5 %. Off = landmarks and PnP alone. Refinement runs this search itself.
+    depth_search: bool = True
     # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);
     # transmission: raw detector signal, the node takes -log.
     image_intensity: str = "attenuation"

@@ -3,7 +3,8 @@
 * a 64-template bank at 128 px, rendered cold (empty cache) and loaded warm;
 * training: pairs rendered per hour (PairSampler: rendering + fluoroscopy degradation), and
   a whole step (rendering, forward and backward) at the default training settings;
-* the estimator: preload of a CT cold and warm, and frame -> pose per stage.
+* the estimator: preload of a CT cold and warm, and frame -> pose per stage, with refinement
+  (the default) and without it (PnP and the depth search).
 
 Timing lives in a command, never in tests. Prints a table and writes ``--out`` as JSON.
 """
@@ -56,6 +57,9 @@ def measure(volume_path: str, device: str, frames: int) -> dict:
             info = estimator.load_volume(volume_path)
             results["preload_cold_s"] = info.load_seconds
             results["preload_warm_s"] = estimator.load_volume(volume_path).load_seconds
+            # refinement off (PnP and the depth search): the same scene, read from the cache
+            fast = Estimator(Params(device=str(dev), refine=False))
+            fast.load_volume(volume_path)
     finally:
         if previous is None:
             os.environ.pop("RAYEMB_CACHE", None)
@@ -84,13 +88,14 @@ def measure(volume_path: str, device: str, frames: int) -> dict:
     results["training_templates"] = config.templates
 
     renderer = NanoRenderer(volume, dev)
-    stages: dict[str, list[float]] = {}
+    stages: dict[str, dict[str, list[float]]] = {"frame_ms": {}, "frame_ms_no_refine": {}}
     for shot in plan(volume, frames, 4242, 256, 256):
         image = apply(renderer.render_np(shot.T_ct_source[None], shot.detector)[0], shot.style, rng)
-        estimate = estimator.estimate(image, shot.detector.K)
-        for name, ms in estimate.stage_ms.items():
-            stages.setdefault(name, []).append(ms)
-    results["frame_ms"] = {name: {"p50": float(np.median(v)), "p95": float(np.percentile(v, 95))} for name, v in stages.items()}
+        for key, est in (("frame_ms", estimator), ("frame_ms_no_refine", fast)):
+            for name, ms in est.estimate(image, shot.detector.K).stage_ms.items():
+                stages[key].setdefault(name, []).append(ms)
+    for key, by_stage in stages.items():
+        results[key] = {name: {"p50": float(np.median(v)), "p95": float(np.percentile(v, 95))} for name, v in by_stage.items()}
     results["frames"] = frames
     results["num_landmarks"] = info.num_landmarks
     results["num_keep"] = estimator.params.num_keep
@@ -114,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"training pairs rendered: {r['training_pairs_per_hour']:.0f} per hour ({r['training_batch_s']:.2f} s per batch)")
     print(f"training step (render, forward, backward; batch {r['training_batch']}, {r['training_templates']} templates): "
           f"{r['training_step_s']:.1f} s, {r['training_step_pairs_per_hour']:.0f} pairs per hour")
-    print(f"frame -> pose at 256 px, {r['num_keep']} landmarks to PnP, {r['frames']} frames (ms p50 / p95):")
-    for name, v in r["frame_ms"].items():
-        print(f"  {name:<11} {v['p50']:7.1f} {v['p95']:7.1f}")
+    for key, what in (("frame_ms", "refinement on (the default)"), ("frame_ms_no_refine", "refinement off")):
+        print(f"frame -> pose at 256 px, {r['num_keep']} landmarks to PnP, {r['frames']} frames, {what} (ms p50 / p95):")
+        for name, v in r[key].items():
+            print(f"  {name:<11} {v['p50']:7.1f} {v['p95']:7.1f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(r, indent=2) + "\n")

@@ -1,13 +1,19 @@
-"""The estimator's trust checks: of a PnP pose, and of a refined pose against its landmarks and its depth."""
+"""The estimator's trust checks: of a PnP pose, and of a refined pose against its landmarks and
+its depth; with refinement off, the depth search on held-out frames of the bundled CT."""
+
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
-from rayemb_ros.camera import project
-from rayemb_ros.estimator import landmark_residual_after_scale, pnp_distrust, refined_distrust
+from rayemb_ros.camera import project, world_to_camera
+from rayemb_ros.estimator import Estimator, landmark_residual_after_scale, pnp_distrust, refined_distrust
+from rayemb_ros.metrics import frame_mtre, target_points
 from rayemb_ros.params import Params
 from rayemb_ros.poses import carm_pose, reference_detector
 from rayemb_ros.refine import Refinement
 from rayemb_ros.result import Landmarks
+from rayemb_ros.simulate import plan, simulate_frames
 
 
 def layout(rng, n=120):
@@ -82,3 +88,42 @@ def test_refinement_may_try_a_pnp_pose_that_could_not_be_published_as_is():
     assert "too few inliers" in pnp_distrust(T, centre, 20, 250, 2.0, refining)
     assert "reprojection error" in pnp_distrust(T, centre, 200, 250, 9.0, refining)
     assert "no consistent pose" in pnp_distrust(None, centre, 200, 250, 2.0, refining)
+
+
+@pytest.fixture(scope="module")
+def pnp_only(example_volume):
+    """An estimator with refinement off, the bundled CT loaded, and 4 held-out 256 px frames."""
+    estimator = Estimator(Params(device="cpu", refine=False))
+    estimator.set_volume(example_volume)
+    frames = list(simulate_frames(example_volume, plan(example_volume, 4, 101, 256, 256), 101))
+    return estimator, frames
+
+
+def test_without_refinement_a_depth_search_moves_the_pnp_pose_along_the_beam(example_volume, pnp_only):
+    estimator, frames = pnp_only
+    points = target_points(example_volume)
+    before, after = [], []
+    for frame in frames:
+        estimate = estimator.estimate(frame.image, frame.K)
+        assert estimate.ok, estimate.reason
+        assert "depth" in estimate.stage_ms and "refine" not in estimate.stage_ms
+        T, T_pnp = estimate.T_ct_source, estimate.T_initial
+        np.testing.assert_allclose(T[:3, :3], T_pnp[:3, :3], atol=1e-12)
+        # the source moved along its ray through the CT centre: that ray stays where it was
+        move = world_to_camera(T_pnp, T[:3, 3][None])[0]
+        ray = world_to_camera(T_pnp, example_volume.center[None])[0]
+        assert np.linalg.norm(np.cross(move, ray)) < 1e-6 * np.linalg.norm(ray) * max(np.linalg.norm(move), 1.0)
+        before.append(frame_mtre(T_pnp, frame.T_ct_source_gt, points))
+        after.append(frame_mtre(T, frame.T_ct_source_gt, points))
+    # seed 101's first frame: PnP 14 mm off along the beam, 3.8 mm after the search
+    assert before[0] > 10.0 and after[0] < 5.0, (before, after)
+    assert np.median(after) < np.median(before), (before, after)
+
+
+def test_the_depth_search_can_be_turned_off(pnp_only):
+    estimator, frames = pnp_only
+    plain = Estimator(replace(estimator.params, depth_search=False))
+    plain.set_volume(estimator.scene.volume)
+    estimate = plain.estimate(frames[0].image, frames[0].K)
+    assert estimate.ok and "depth" not in estimate.stage_ms
+    np.testing.assert_array_equal(estimate.T_ct_source, estimate.T_initial)
