@@ -19,7 +19,8 @@ initial poses (:class:`InitialError`). Methods:
   through nanodrr over the collimated field, a depth search, then ``--intensity-steps``
   gradient steps) from the perturbed ground truth;
 * ``fixed_landmark``: :class:`fixed_landmark.FixedLandmarkEstimator` (heatmaps, PnP);
-* ``rayemb``: :class:`estimator.Estimator`, ``Params(refine=False)``;
+* ``rayemb``: :class:`estimator.Estimator`, ``Params(refine=False, depth_search=False)``:
+  landmarks and PnP alone, the paper's RayEmb without refinement;
 * ``rayemb_refined``: the same with ``refine=True`` (``--refine-steps``).
 
 A refused frame (``ok`` false) has no pose: mTRE = inf, a failure at every GFR threshold.
@@ -186,7 +187,7 @@ class Methods:
 
         self.config = config
         self.fixed = FixedLandmarkEstimator(config.fixed_landmark_checkpoint, config.params.device)
-        self.rayemb = Estimator(replace(config.params, refine=False))
+        self.rayemb = Estimator(replace(config.params, refine=False, depth_search=False))
         self.rayemb_refined = Estimator(replace(config.params, refine=True))
         self.device = str(self.rayemb.device)
 
