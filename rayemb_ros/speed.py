@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,9 @@ def measure(volume_path: str, device: str, frames: int) -> dict:
             info = estimator.load_volume(volume_path)
             results["preload_cold_s"] = info.load_seconds
             results["preload_warm_s"] = estimator.load_volume(volume_path).load_seconds
-            # refinement off (PnP and the depth search): the same scene, read from the cache
-            fast = Estimator(Params(device=str(dev), refine=False))
+            # refinement off (PnP and the depth search): the same settings, so the same scene,
+            # read from the cache
+            fast = Estimator(replace(estimator.params, refine=False))
             fast.load_volume(volume_path)
     finally:
         if previous is None:
