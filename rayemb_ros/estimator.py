@@ -13,6 +13,7 @@ No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call th
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,9 +48,6 @@ class Scene:
     landmarks: Float[np.ndarray, "M 3"]  # mm, ct
     basis: Float[torch.Tensor, "M D K"]  # orthonormal, on the estimator's device
     source: str
-    # For refinement or the depth search (None when neither runs): built at preload so that
-    # the first frame does not pay for it (~0.6 s on 2 CPU cores).
-    refiner: Refiner | None
 
 
 def spread_views(directions: Float[np.ndarray, "T 3"], candidates: np.ndarray, k: int) -> np.ndarray:
@@ -129,6 +127,8 @@ class Estimator:
         ).hexdigest()[:16]
         self.image_size = self.encoder.config.image_size
         self._scene: Scene | None = None
+        self._refiner = None
+        self._lock = threading.Lock()  # a load swaps the scene while estimates may run
 
     @property
     def has_volume(self) -> bool:
@@ -153,9 +153,9 @@ class Estimator:
         """Prepare a CT already in memory (e.g. a mirrored copy) and make it the current one."""
         started = time.perf_counter()
         scene = self.prepare(volume, source)
-        # One assignment swaps everything a frame needs: an estimate running meanwhile keeps
-        # the scene it started with.
-        self._scene = scene
+        with self._lock:
+            self._scene = scene
+            self._refiner = None
         return VolumeInfo(
             path=source,
             num_landmarks=len(scene.landmarks),
@@ -174,8 +174,7 @@ class Estimator:
         }
         arrays = cached_arrays("scene", key, lambda: dict(zip(("landmarks", "basis"), self._landmark_subspaces(volume))))
         landmarks, basis = arrays["landmarks"], arrays["basis"]
-        refiner = Refiner(volume, self.device) if p.refine or p.depth_search else None
-        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source, refiner)
+        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source)
 
     def _landmark_subspaces(self, volume: Volume) -> tuple[Float[np.ndarray, "M 3"], Float[np.ndarray, "M D K"]]:
         """Landmarks in bone and, for each, the orthonormal basis of its embeddings in the
@@ -259,7 +258,7 @@ class Estimator:
             return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         T = pnp.T_ct_source
         if self.params.refine:
-            refined = scene.refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
+            refined = self._refiner_of(scene).refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
             T = refined.T_ct_source
             t = tick("refine", t)
             reason = refined_distrust(refined, pnp.T_ct_source, K, landmarks, scale, self.params)
@@ -267,7 +266,7 @@ class Estimator:
                 stage["total"] = (time.perf_counter() - started) * 1000
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         elif self.params.depth_search:
-            T = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm)
+            T = self._refiner_of(scene).magnification_search(T, image, K, self.params.sdd_mm)
             t = tick("depth", t)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
@@ -281,3 +280,9 @@ class Estimator:
         work_h = max(stride, int(round(h * work_w / w / stride)) * stride)
         small, _ = resize_image(np.asarray(image, dtype=np.float32), K, work_h, work_w)
         return self.encoder(torch.as_tensor(small, device=self.device)[None, None])
+
+    def _refiner_of(self, scene: Scene) -> Refiner:
+        with self._lock:
+            if self._refiner is None or self._refiner.volume is not scene.volume:
+                self._refiner = Refiner(scene.volume, self.device)
+            return self._refiner
