@@ -16,19 +16,20 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
 from .camera import depth, project, resize_image
-from .checkpoint import load_encoder
+from .checkpoint import DEFAULT_CHECKPOINT, load_encoder
 from .params import Params
 from .pnp import solve_pnp
 from .poses import reference_detector, template_poses
 from .render import cached_arrays, template_bank
 from .refine import Refinement, Refiner
-from .result import Estimate, Landmarks, VolumeInfo
+from .result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from .subspace import coarse_to_fine_peaks, sample_embeddings, subspace_basis
 from .train import pick_device
 from .volume import Volume, VolumeError, load_volume, sample_landmarks
@@ -116,9 +117,36 @@ def refined_distrust(refined: Refinement, T_pnp: Float[np.ndarray, "4 4"], K: Fl
     return ""
 
 
+# The trust gates, each with the sign of the change that loosens it. They were validated at
+# Params' defaults: no pose > 10 mm off published in 460 held-out frames (README "Status").
+_LOOSENED_BY = {
+    "min_inliers": -1, "min_inlier_ratio": -1, "refine_min_inlier_ratio": -1, "ransac_threshold_px": +1,
+    "max_reprojection_error_px": +1, "max_residual_increase_px": +1, "max_depth_check_mm": +1,
+}
+
+
+def pose_grade(params: Params) -> PoseGrade:
+    """Navigation-grade at the validated settings, else tracking-grade with every departure
+    that makes a wrong pose likelier (weights, refinement, looser gates); stricter is fine."""
+    validated = Params()
+    reasons = []
+    if params.checkpoint and Path(params.checkpoint).expanduser().resolve() != DEFAULT_CHECKPOINT:
+        reasons.append(f"encoder weights {params.checkpoint!r}, not the shipped checkpoint")
+    if not params.refine:
+        reasons.append("refinement off")
+    elif params.refine_steps < validated.refine_steps:
+        reasons.append(f"refine_steps {params.refine_steps} < {validated.refine_steps}")
+    for name, sign in _LOOSENED_BY.items():
+        value, default = getattr(params, name), getattr(validated, name)
+        if (value - default) * sign > 0:
+            reasons.append(f"{name} {value} looser than {default}")
+    return PoseGrade(tuple(reasons))
+
+
 class Estimator:
     def __init__(self, params: Params = Params()):
         self.params = params.validated()
+        self.pose_grade = pose_grade(self.params)
         self.device = pick_device(params.device)
         self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
         # Identifies the weights for the scene cache (state, not file name).

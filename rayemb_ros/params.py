@@ -68,6 +68,10 @@ class Params:
     # see a pose stuck at a wrong depth (it fits a scale first); this check does. Set on the
     # 100-frame bags of seeds 505 and 707: right poses <= 4.4 mm, the one pose 22 mm off 6.7 mm.
     max_depth_check_mm: float = 5.0
+    # Adam steps over refinement's two levels (70 % at 64 px, 30 % at 96 px), ~65 ms each on
+    # 2 CPU cores. Fewer trade accuracy for time (README: 4 steps, 0.5 s, median 2.3 mm); the
+    # refined-pose gates were validated at 18, so fewer makes the poses tracking-grade
+    # (estimator.pose_grade).
     refine_steps: int = 18
     # With refinement off: one magnification search (a DRR at the PnP pose, scaled; ~60 ms
     # on 2 CPU cores) moves the PnP pose along the beam, the direction PnP on the encoder's

@@ -33,6 +33,7 @@ from rayemb_ros.intensity import to_attenuation
 from rayemb_ros.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
 from rayemb_ros.params import DEVICES, IMAGE_INTENSITIES, ParamError, Params
 from rayemb_ros.records import FrameRecord, json_safe, write_estimates
+from rayemb_ros.result import PoseGrade
 
 GFR_TRUST_MM = 10.0  # a pose worse than this should have been refused
 HEATMAP_LANDMARKS = 4
@@ -62,9 +63,11 @@ class Replay:
     evaluation: Evaluation | None
     out: Path
     report: Path
+    pose_grade: PoseGrade
 
     def summary(self) -> str:
-        return "\n".join([*summary_lines(self.records, self.evaluation), f"report: {self.report}"])
+        return "\n".join([*summary_lines(self.records, self.evaluation), f"poses: {self.pose_grade}",
+                          f"report: {self.report}"])
 
 
 class ReplayError(RuntimeError):
@@ -193,9 +196,10 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
     """Register, evaluate and write DIR's files. Raises VolumeError, ReplayError."""
     from tqdm import tqdm
 
-    from rayemb_ros.estimator import Estimator
+    from rayemb_ros.estimator import Estimator, pose_grade
     from rayemb_ros.volume import load_volume
 
+    grade = pose_grade(params)
     out.mkdir(parents=True, exist_ok=True)
     progress = dict(desc="replay", unit="frame", file=sys.stderr)
     estimator = None
@@ -212,6 +216,7 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
     write_estimates(out / "estimates.jsonl", records)
     evaluation = evaluate(records, volume, candidates_known=not via_node, refine=params.refine)
     if evaluation is not None:
+        evaluation.metrics["pose_grade"] = {"grade": grade.name, "reasons": list(grade.reasons)}
         (out / "metrics.json").write_text(json.dumps(json_safe(evaluation.metrics), indent=1, allow_nan=False) + "\n")
     notes = []
     if via_node:
@@ -223,9 +228,10 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
             estimator.set_volume(volume, volume_spec)
     facts = {"bag": str(bag), "volume": volume_spec, "mode": "via node (DDS)" if via_node else "in process",
              "refinement": "on" if params.refine else "off", "image intensity": params.image_intensity,
-             "device": params.device, "checkpoint": params.checkpoint or "the shipped default"}
+             "device": params.device, "checkpoint": params.checkpoint or "the shipped default",
+             "pose grade": str(grade)}
     report = _write_report(out, bag, topics, params, records, evaluation, volume, estimator, facts, notes)
-    return Replay(records, evaluation, out, report)
+    return Replay(records, evaluation, out, report, grade)
 
 
 def _mm(x: float) -> str:

@@ -58,6 +58,28 @@ class Estimate:
         )
 
 
+@dataclass(frozen=True)
+class PoseGrade:
+    """What the published poses are good for, at the estimator's settings. Navigation-grade:
+    the settings whose trust gates were validated on held-out frames (the shipped weights,
+    full refinement, every gate at least as strict as its default; README "Status").
+    Tracking-grade: anything else, with why. Every pose still passes the configured gates,
+    but off the validated settings those gates have let poses > 10 mm off through."""
+
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def navigation(self) -> bool:
+        return not self.reasons
+
+    @property
+    def name(self) -> str:
+        return "navigation" if self.navigation else "tracking"
+
+    def __str__(self) -> str:
+        return f"{self.name}-grade" + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+
 @dataclass
 class VolumeInfo:
     """What loading a CT prepared."""

@@ -29,7 +29,7 @@ from jaxtyping import Float
 from rayemb_ros.images import ImageError
 from rayemb_ros.intensity import to_attenuation
 from rayemb_ros.params import Params
-from rayemb_ros.result import Estimate, VolumeInfo
+from rayemb_ros.result import Estimate, PoseGrade, VolumeInfo
 
 # CameraInfos remembered by stamp, to pair each image with its own; older ones are forgotten.
 _CAMERA_INFO_HISTORY = 64
@@ -93,6 +93,7 @@ class Health:
     last_estimate_ms: float = math.nan
     last_inliers: int = 0
     last_reprojection_error_px: float = math.nan
+    pose_grade: PoseGrade | None = None  # the estimator's; None = not known (reported as such)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Result:
 
 class EstimatorLike(Protocol):
     has_volume: bool
+    pose_grade: PoseGrade
 
     def load_volume(self, path: str) -> VolumeInfo: ...
 
@@ -161,7 +163,7 @@ class Runner:
         self._infos: OrderedDict[int, _CameraInfo] = OrderedDict()
         self._infos_per_image = False  # the last frame found the CameraInfo with its stamp
         self._closed = False
-        self._health = Health()
+        self._health = Health(pose_grade=estimator.pose_grade)
         self._thread = threading.Thread(target=self._work, name="rayemb-worker", daemon=True)
         self._thread.start()
 

@@ -11,7 +11,7 @@ from visualization_msgs.msg import Marker
 
 from rayemb_ros.camera import Detector, project
 from rayemb_ros.images import ImageError
-from rayemb_ros.result import Estimate, Landmarks, VolumeInfo
+from rayemb_ros.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.ros import convert
 from rayemb_ros.runner import Health, Level
 
@@ -118,4 +118,7 @@ def test_diagnostics():
     assert values["volume_loaded"] == "true" and values["num_landmarks"] == "400"
     assert values["rejected"] == "2" and values["last_latency_ms"] == "81.250"
     empty = {kv.key: kv.value for kv in convert.diagnostics_msg(Health(), "n", Header()).status[0].values}
-    assert empty["volume_loaded"] == "false"
+    assert empty["volume_loaded"] == "false" and empty["pose_grade"] == "unknown"
+    graded = Health(pose_grade=PoseGrade(("refinement off", "refine_steps 4 < 18")))
+    graded = {kv.key: kv.value for kv in convert.diagnostics_msg(graded, "n", Header()).status[0].values}
+    assert (graded["pose_grade"], graded["pose_grade_reasons"]) == ("tracking", "refinement off; refine_steps 4 < 18")

@@ -1,5 +1,6 @@
 """The estimator's trust checks: of a PnP pose, and of a refined pose against its landmarks and
-its depth; with refinement off, the depth search on held-out frames of the bundled CT."""
+its depth; the grade of its settings; with refinement off, the depth search on held-out frames
+of the bundled CT."""
 
 from dataclasses import replace
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from rayemb_ros.camera import project, world_to_camera
-from rayemb_ros.estimator import Estimator, landmark_residual_after_scale, pnp_distrust, refined_distrust
+from rayemb_ros.checkpoint import DEFAULT_CHECKPOINT
+from rayemb_ros.estimator import Estimator, landmark_residual_after_scale, pnp_distrust, pose_grade, refined_distrust
 from rayemb_ros.metrics import frame_mtre, target_points
 from rayemb_ros.params import Params
 from rayemb_ros.poses import carm_pose, reference_detector
@@ -88,6 +90,21 @@ def test_refinement_may_try_a_pnp_pose_that_could_not_be_published_as_is():
     assert "too few inliers" in pnp_distrust(T, centre, 20, 250, 2.0, refining)
     assert "reprojection error" in pnp_distrust(T, centre, 200, 250, 9.0, refining)
     assert "no consistent pose" in pnp_distrust(None, centre, 200, 250, 2.0, refining)
+
+
+def test_only_the_validated_settings_give_navigation_grade_poses(tmp_path):
+    assert pose_grade(Params()).navigation and str(pose_grade(Params())) == "navigation-grade"
+    # stricter gates, more steps and the shipped weights named explicitly keep the grade
+    assert pose_grade(Params(min_inliers=60, max_reprojection_error_px=2.0, refine_steps=30,
+                             checkpoint=str(DEFAULT_CHECKPOINT))).navigation
+    other = tmp_path / "mine.pt"
+    other.write_bytes(b"weights")
+    grade = pose_grade(Params(refine=False, min_inlier_ratio=0.2, max_depth_check_mm=8.0, checkpoint=str(other)))
+    assert grade.name == "tracking"
+    assert grade.reasons == (f"encoder weights {str(other)!r}, not the shipped checkpoint", "refinement off",
+                             "min_inlier_ratio 0.2 looser than 0.25", "max_depth_check_mm 8.0 looser than 5.0")
+    assert pose_grade(Params(refine_steps=8)).reasons == ("refine_steps 8 < 18",)
+    assert str(pose_grade(Params(ransac_threshold_px=6.0))) == "tracking-grade (ransac_threshold_px 6.0 looser than 4.0)"
 
 
 @pytest.fixture(scope="module")

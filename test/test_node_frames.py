@@ -116,6 +116,10 @@ def ros(tmp_path_factory):
 def test_preloads_the_volume_from_its_config(ros):
     values = ros.values(0, lambda v: v["volume_loaded"] == "true", LOAD_TIMEOUT_S, "the preload")
     assert values["volume"] == "example" and int(values["num_landmarks"]) > 0
+    # refinement is off here: the node says once, and on every diagnostics message, that its
+    # poses are not for navigation
+    assert (values["pose_grade"], values["pose_grade_reasons"]) == ("tracking", "refinement off")
+    assert ros.node.log().count("poses will be tracking-grade, not navigation-grade: refinement off") == 1
 
 
 def test_an_image_without_camera_info_is_rejected(ros, frames):

@@ -61,6 +61,9 @@ def test_diagnostics_say_no_volume_at_first(ros):
     node, graph, diagnostics = ros
     msg = diagnostics.wait_for(lambda m: True, 60, "/diagnostics from the node")
     assert values(msg)["volume_loaded"] == "false", node.log()
+    # the default settings are the validated ones: their poses may steer navigation
+    assert (values(msg)["pose_grade"], values(msg)["pose_grade_reasons"]) == ("navigation", "")
+    assert "tracking-grade" not in node.log()
 
 
 def test_frames_before_a_volume_are_counted_and_dropped(ros):

@@ -59,7 +59,7 @@ def test_mcap_bag_with_ground_truth(tmp_path, frames, example_volume, capsys):
     assert main(["replay", str(bag(tmp_path / "bag", frames)), "--volume", "example", "--out", str(out),
                  "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    for word in ("frames: 4", "median", "95th", "GFR@10", "latency: p50", "report.html"):
+    for word in ("frames: 4", "median", "95th", "GFR@10", "latency: p50", "poses: navigation-grade", "report.html"):
         assert word in printed, printed
 
     rows = read_jsonl(out / "estimates.jsonl")
@@ -80,6 +80,7 @@ def test_mcap_bag_with_ground_truth(tmp_path, frames, example_volume, capsys):
     assert metrics["per_frame_mtre_mm"] == pytest.approx([e if math.isfinite(e) else None for e in errors])
     assert metrics["gfr_percent"]["10"] == pytest.approx(gfr(errors, 10.0)) and metrics["gfr_percent"]["10"] >= 25
     assert "trust" in metrics and metrics["target_points"]["count"] == len(points)
+    assert metrics["pose_grade"] == {"grade": "navigation", "reasons": []}
 
     assert figures_of(out / "report.html") == {"frame.png", "heatmaps.png", "poses_3d.png", "errors.png"}
 

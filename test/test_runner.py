@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rayemb_ros.params import Params
-from rayemb_ros.result import Estimate, Landmarks, VolumeInfo
+from rayemb_ros.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.runner import Frame, Level, PathRefused, Runner, confine
 from rosutil import wait_until
 
@@ -40,6 +40,7 @@ class ScriptedEstimator:
 
     def __init__(self):
         self.has_volume = False
+        self.pose_grade = PoseGrade(("refinement off",))
         self.release = threading.Event()
         self.release.set()
         self.started: list[int] = []  # image sizes (frame ids) as estimates begin
@@ -102,6 +103,7 @@ def test_frames_before_a_volume_or_camera_info_are_counted(setup):
     runner.submit(frame(4))
     wait_until(lambda: runner.health.rejected == 1, 5, "a rejection")
     assert "no CameraInfo" in runner.health.last_rejection and results == []
+    assert all(h.pose_grade is estimator.pose_grade for h, _ in events)  # the estimator's, on every report
 
 
 def test_an_image_waits_briefly_for_its_camera_info(setup):
