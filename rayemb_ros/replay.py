@@ -271,6 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the bag's image intensity (default attenuation)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=Params.refine,
                         help=f"intensity-based refinement after PnP (default {'on' if Params.refine else 'off'})")
+    parser.add_argument("--refine-steps", type=int, default=Params.refine_steps, metavar="N",
+                        help=f"refinement steps (default {Params.refine_steps}; fewer: faster, tracking-grade poses)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="estimator device (default auto)")
     parser.add_argument("--via-node", action="store_true",
                         help="register through `rayemb node` in its own process over DDS")
@@ -301,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     topics = Topics(args.image_topic, args.info_topic, args.pose_topic)
     try:
         params = Params(device=args.device, checkpoint=args.checkpoint, image_intensity=args.image_intensity,
-                        refine=args.refine).validated()
+                        refine=args.refine, refine_steps=args.refine_steps).validated()
         check_bag(args.bag, topics)
         result = replay(args.bag, args.volume, args.out, params, topics, args.via_node)
     except (ParamError, VolumeError, ReplayError) as exc:

@@ -111,6 +111,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, frames, capsys):
     assert main(["replay", str(tmp_path), "--volume", "example", "--out", str(tmp_path / "o"),
                  "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint" in capsys.readouterr().err
+    assert main(["replay", str(path), "--volume", "example", "--out", str(tmp_path / "o"), "--refine-steps", "0"]) == 2
+    assert "refine_steps must be > 0" in capsys.readouterr().err
 
 
 # --- the evaluation on records with known errors (no estimator) ---
