@@ -31,6 +31,9 @@ from std_msgs.msg import Header
 
 REPO = Path(__file__).resolve().parents[1]
 RAYEMB = Path(sys.executable).parent / "rayemb"
+# How long a camera's first frame is watched for a rejection: the node waits up to
+# runner._FIRST_INFO_WAIT_S (1 s) for a first CameraInfo before it rejects the frame.
+FIRST_CAMERA_INFO_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ class Camera:
         self._info = graph.publisher(CameraInfo, "/carm/camera_info", qos)
         wait_until(lambda: self._image.get_subscription_count() and self._info.get_subscription_count(), 30,
                    "the node to subscribe to /carm/image and /carm/camera_info")
+        self._info_heard = False  # whether the node is known to have had a CameraInfo from us
 
     def publish(self, image: Image, K: np.ndarray | None, stamp_ns: int | None = None) -> int:
         """Publish ``image`` (and a CameraInfo with ``K`` unless None); the stamp (default: now)."""
@@ -210,7 +214,7 @@ class Camera:
         return stamp
 
     def publish_heard(self, image: Image, K: np.ndarray | None, frames_received: Callable[[], int],
-                      attempts: int = 4, wait_s: float = 5.0) -> int:
+                      attempts: int = 4, wait_s: float = 5.0, rejected: Callable[[], int] | None = None) -> int:
         """``publish`` until the node counts the frame as received (``frames_received``, its
         /diagnostics counter, goes up); the stamp of the frame it heard.
 
@@ -219,16 +223,32 @@ class Camera:
         match these new writers, and no API tells this side when that happened. A lost
         discovery message waits for Fast DDS's next heartbeat (seconds), so a fixed delay is
         no cure: resend instead (a lost frame is not counted, so counts stay exact).
+
+        The image and CameraInfo writers are matched independently, so the node may hear this
+        camera's first image without its CameraInfo and reject it. With ``rejected`` (the
+        node's rejection counter), the first frame with a K is resent until the node has not
+        rejected it within the time it waits for a first CameraInfo.
         """
+        confirm = rejected is not None and K is not None and not self._info_heard
         for _ in range(attempts):
             before = frames_received()
+            rejected_before = rejected() if confirm else 0
             stamp = self.publish(image, K)
             deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if frames_received() > before:
-                    return stamp
+            while time.monotonic() < deadline and frames_received() <= before:
                 time.sleep(0.05)
-        raise AssertionError(f"the node counted none of {attempts} frames sent {wait_s:.0f} s apart")
+            if frames_received() <= before:
+                continue
+            if confirm:
+                settle = time.monotonic() + FIRST_CAMERA_INFO_SETTLE_S
+                while time.monotonic() < settle and rejected() == rejected_before:
+                    time.sleep(0.05)
+                if rejected() != rejected_before:
+                    continue  # heard without its CameraInfo: send both again
+                self._info_heard = True
+            return stamp
+        raise AssertionError(f"the node counted none of {attempts} frames sent {wait_s:.0f} s apart"
+                             + (" with their CameraInfo" if confirm else ""))
 
     def close(self) -> None:
         self._node.destroy_publisher(self._image)

@@ -78,6 +78,9 @@ class Ros:
     def frames_received(self) -> int:
         return int(self.latest_values()["frames_received"])
 
+    def rejected(self) -> int:
+        return int(self.latest_values()["rejected"])
+
     def outputs(self, stamp: int) -> dict[str, object]:
         """Wait for the landmarks, markers and overlay of the frame stamped ``stamp``; with
         its pose and TF when the estimate was trusted."""
@@ -162,7 +165,7 @@ def test_bad_frames_are_rejected_between_good_ones(ros, frames):
         groups.setdefault(reason, []).append(bad)
     for reason, group in [*groups.items(), ("", [])]:
         good, good_K = frames[len(groups) % len(frames)]
-        out = ros.outputs(camera.publish_heard(good, good_K, ros.frames_received))
+        out = ros.outputs(camera.publish_heard(good, good_K, ros.frames_received, rejected=ros.rejected))
         assert len(out["landmarks"].landmarks) > 0 and out["overlay"].encoding == "rgb8"
         assert (out["pose"] is None) == (out["tf"] is None)
         if out["tf"] is not None:
@@ -186,7 +189,7 @@ def test_a_second_load_replaces_the_first(ros, frames):
     assert response.success, response.message
     camera = Camera(ros.graph)
     image, K = frames[1]
-    assert len(ros.outputs(camera.publish_heard(image, K, ros.frames_received))["landmarks"].landmarks) > 0
+    assert len(ros.outputs(camera.publish_heard(image, K, ros.frames_received, rejected=ros.rejected))["landmarks"].landmarks) > 0
     camera.close()
 
 
@@ -196,7 +199,7 @@ def test_end_to_end_latency_at_256_px(ros, frames):
     latency_s = []
     for i in range(15):
         image, K = frames[i % len(frames)]
-        stamp = camera.publish_heard(image, K, ros.frames_received)
+        stamp = camera.publish_heard(image, K, ros.frames_received, rejected=ros.rejected)
         out = ros.outputs(stamp)
         if out["tf"] is not None:
             received = next(r for m, r in zip(ros.tf.snapshot(), ros.tf.received_ns) if m.transforms[0] is out["tf"])
