@@ -2,8 +2,9 @@
 
 ``Estimator.load_volume`` does everything that depends only on the CT, once: template DRRs,
 their embeddings, M landmark candidates in bone, and for each landmark an orthonormal basis
-of its ray embeddings in the templates that see it. The result is cached on disk per CT
-content, weights and settings, so a second preload of the same CT only reads the file.
+of its ray embeddings in the templates that see it, and the refinement's renderer of the CT.
+The arrays are cached on disk per CT content, weights and settings, so a second preload of
+the same CT only reads the file.
 ``estimate`` then costs one encoder pass, one batched similarity, PnP, and refinement, or
 with refinement off, by default one magnification search that corrects the PnP pose's depth.
 
@@ -13,7 +14,6 @@ No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call th
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from .checkpoint import DEFAULT_CHECKPOINT, load_encoder
 from .params import Params
 from .pnp import solve_pnp
 from .poses import reference_detector, template_poses
-from .render import cached_arrays, template_bank
+from .render import cached_arrays, import_renderer, template_bank
 from .refine import Refinement, Refiner
 from .result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from .subspace import coarse_to_fine_peaks, sample_embeddings, subspace_basis
@@ -49,6 +49,9 @@ class Scene:
     landmarks: Float[np.ndarray, "M 3"]  # mm, ct
     basis: Float[torch.Tensor, "M D K"]  # orthonormal, on the estimator's device
     source: str
+    # Built with the scene, not on the first frame: coarsening the CT and setting up its
+    # renderer took 0.3-0.6 s, which the first frame after every load used to pay.
+    refiner: Refiner | None = None
 
 
 def spread_views(directions: Float[np.ndarray, "T 3"], candidates: np.ndarray, k: int) -> np.ndarray:
@@ -154,9 +157,9 @@ class Estimator:
             b"".join(v.detach().cpu().numpy().tobytes() for v in self.encoder.state_dict().values())
         ).hexdigest()[:16]
         self.image_size = self.encoder.config.image_size
+        import_renderer()  # every frame renders (depth search or refinement): import it now
+        # Swapped whole by a load while estimates may run; each estimate reads it once.
         self._scene: Scene | None = None
-        self._refiner = None
-        self._lock = threading.Lock()  # a load swaps the scene while estimates may run
 
     @property
     def has_volume(self) -> bool:
@@ -181,9 +184,7 @@ class Estimator:
         """Prepare a CT already in memory (e.g. a mirrored copy) and make it the current one."""
         started = time.perf_counter()
         scene = self.prepare(volume, source)
-        with self._lock:
-            self._scene = scene
-            self._refiner = None
+        self._scene = scene
         return VolumeInfo(
             path=source,
             num_landmarks=len(scene.landmarks),
@@ -202,7 +203,8 @@ class Estimator:
         }
         arrays = cached_arrays("scene", key, lambda: dict(zip(("landmarks", "basis"), self._landmark_subspaces(volume))))
         landmarks, basis = arrays["landmarks"], arrays["basis"]
-        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source)
+        refiner = Refiner(volume, self.device) if p.refine or p.depth_search else None
+        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source, refiner)
 
     def _landmark_subspaces(self, volume: Volume) -> tuple[Float[np.ndarray, "M 3"], Float[np.ndarray, "M D K"]]:
         """Landmarks in bone and, for each, the orthonormal basis of its embeddings in the
@@ -286,7 +288,7 @@ class Estimator:
             return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         T = pnp.T_ct_source
         if self.params.refine:
-            refined = self._refiner_of(scene).refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
+            refined = scene.refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
             T = refined.T_ct_source
             t = tick("refine", t)
             reason = refined_distrust(refined, pnp.T_ct_source, K, landmarks, scale, self.params)
@@ -294,7 +296,7 @@ class Estimator:
                 stage["total"] = (time.perf_counter() - started) * 1000
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         elif self.params.depth_search:
-            T = self._refiner_of(scene).magnification_search(T, image, K, self.params.sdd_mm)
+            T = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm)
             t = tick("depth", t)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
@@ -308,9 +310,3 @@ class Estimator:
         work_h = max(stride, int(round(h * work_w / w / stride)) * stride)
         small, _ = resize_image(np.asarray(image, dtype=np.float32), K, work_h, work_w)
         return self.encoder(torch.as_tensor(small, device=self.device)[None, None])
-
-    def _refiner_of(self, scene: Scene) -> Refiner:
-        with self._lock:
-            if self._refiner is None or self._refiner.volume is not scene.volume:
-                self._refiner = Refiner(scene.volume, self.device)
-            return self._refiner

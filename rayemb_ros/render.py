@@ -52,12 +52,20 @@ def cached_arrays(kind: str, key: object, compute: Callable[[], dict[str, np.nda
         return {name: z[name] for name in z.files}
 
 
+def import_renderer() -> None:
+    """Import nanodrr's renderer now: it pulls in torch._dynamo (~3 s on 2 CPU cores), which
+    a process that renders nothing (a CLI, a bag tool) should not pay, and which a node
+    should pay before it reports ready, not on its first frame."""
+    import nanodrr.drr  # noqa: F401
+
+
 class NanoRenderer:
     """nanodrr DRRs of one CT on one device."""
 
     def __init__(self, volume: Volume, device: str | torch.device = "cpu", n_samples: int = N_SAMPLES):
         self.device = torch.device(device)
         self.subject = volume.subject(self.device)
+        self.subject.image  # nanodrr converts HU to attenuation on first use: now, not on a frame
         self.n_samples = n_samples
         self._drrs: dict[tuple[Detector, ...], torch.nn.Module] = {}
 

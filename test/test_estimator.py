@@ -1,7 +1,9 @@
 """The estimator's trust checks: of a PnP pose, and of a refined pose against its landmarks and
 its depth; the grade of its settings; with refinement off, the depth search on held-out frames
-of the bundled CT."""
+of the bundled CT; what the first frame after a preload still has to set up (nothing)."""
 
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -118,6 +120,8 @@ def pnp_only(example_volume):
 
 def test_without_refinement_a_depth_search_moves_the_pnp_pose_along_the_beam(example_volume, pnp_only):
     estimator, frames = pnp_only
+    # built by the preload, so that the first frame does not pay for setting it up
+    assert estimator.scene.refiner is not None and estimator.scene.refiner.volume is example_volume
     points = target_points(example_volume)
     before, after = [], []
     for frame in frames:
@@ -141,6 +145,17 @@ def test_the_depth_search_can_be_turned_off(pnp_only):
     estimator, frames = pnp_only
     plain = Estimator(replace(estimator.params, depth_search=False))
     plain.set_volume(estimator.scene.volume)
+    assert plain.scene.refiner is None  # nothing renders: no renderer is built
     estimate = plain.estimate(frames[0].image, frames[0].K)
     assert estimate.ok and "depth" not in estimate.stage_ms
     np.testing.assert_array_equal(estimate.T_ct_source, estimate.T_initial)
+
+
+def test_the_renderer_is_imported_with_the_estimator_not_on_the_first_frame():
+    # nanodrr.drr costs ~3 s to import; a preload from the cache renders nothing, so without
+    # this the first frame after it paid that. A fresh process: this one imported it long ago.
+    code = ("import sys; from rayemb_ros.estimator import Estimator; "
+            "assert 'nanodrr.drr' not in sys.modules, 'imported by the module'; "
+            "Estimator(); assert 'nanodrr.drr' in sys.modules, 'not imported by the constructor'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
