@@ -5,6 +5,7 @@ import torch
 
 from rayemb_ros.camera import Detector, project
 from rayemb_ros.pnp import solve_pnp
+from rayemb_ros import subspace
 from rayemb_ros.poses import carm_pose
 from rayemb_ros.subspace import (
     coarse_to_fine_peaks,
@@ -66,7 +67,8 @@ def test_pnp_recovers_a_known_pose_from_exact_correspondences():
     assert result.reprojection_error_px < 1e-6
 
 
-def test_coarse_to_fine_finds_the_full_resolution_peaks():
+def planted_peaks():
+    """Random unit embeddings (16 x 40 x 48) with 5 landmarks' subspaces planted at known pixels."""
     torch.manual_seed(1)
     d, t, h, w = 16, 3, 40, 48
     emb = torch.nn.functional.normalize(torch.randn(d, h, w), dim=0)
@@ -81,7 +83,20 @@ def test_coarse_to_fine_finds_the_full_resolution_peaks():
             if 0 <= v + dv < h and 0 <= u + du < w:
                 emb[:, v + dv, u + du] = torch.nn.functional.normalize(q[:, 0] + 0.3 * emb[:, v + dv, u + du], dim=0)
         basis.append(q)
-    basis = torch.stack(basis)
+    return torch.stack(basis), emb
+
+
+def test_coarse_to_fine_finds_the_full_resolution_peaks():
+    basis, emb = planted_peaks()
     full_uv, full_score = subpixel_peaks(similarity(basis[None], emb[None])[0])
     uv, score = coarse_to_fine_peaks(basis, emb)
     assert torch.allclose(uv, full_uv, atol=1e-5) and torch.allclose(score, full_score, atol=1e-5)
+
+
+def test_coarse_maps_in_chunks_of_landmarks_find_the_same_peaks(monkeypatch):
+    basis, emb = planted_peaks()
+    uv, score = coarse_to_fine_peaks(basis, emb)  # one chunk
+    # two landmarks per chunk (3 templates, 20 x 24 coarse pixels): chunks of 2, 2 and 1
+    monkeypatch.setattr(subspace, "COARSE_CHUNK_FLOATS", 2 * 3 * 20 * 24)
+    chunked_uv, chunked_score = coarse_to_fine_peaks(basis, emb)
+    assert torch.equal(chunked_uv, uv) and torch.equal(chunked_score, score)
