@@ -28,7 +28,7 @@ from .params import Params
 from .pnp import solve_pnp
 from .poses import reference_detector, template_poses
 from .render import cached_arrays, import_renderer, template_bank
-from .refine import Refinement, Refiner
+from .refine import STANDALONE_SEARCH_SAMPLES, Refinement, Refiner
 from .result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from .subspace import coarse_to_fine_peaks, sample_embeddings, subspace_basis
 from .train import pick_device
@@ -299,7 +299,7 @@ class Estimator:
                 stage["total"] = (time.perf_counter() - started) * 1000
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         elif self.params.depth_search:
-            T = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm)
+            T = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm, STANDALONE_SEARCH_SAMPLES)
             t = tick("depth", t)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
