@@ -160,9 +160,16 @@ class Estimator:
         # NHWC: oneDNN's convolutions run this network ~20 % faster on a CPU (128 px, 2
         # threads), and the embeddings agree with NCHW's to 4e-6.
         self.encoder = self.encoder.to(memory_format=torch.channels_last)
-        import_renderer()  # every frame renders (depth search or refinement): import it now
+        if self.renders_frames:
+            import_renderer()
         # Swapped whole by a load while estimates may run; each estimate reads it once.
         self._scene: Scene | None = None
+
+    @property
+    def renders_frames(self) -> bool:
+        """Whether each frame renders DRRs (refinement, or the depth search without it): then
+        the renderer is imported with the estimator and built with each scene, not on a frame."""
+        return self.params.refine or self.params.depth_search
 
     @property
     def has_volume(self) -> bool:
@@ -206,7 +213,7 @@ class Estimator:
         }
         arrays = cached_arrays("scene", key, lambda: dict(zip(("landmarks", "basis"), self._landmark_subspaces(volume))))
         landmarks, basis = arrays["landmarks"], arrays["basis"]
-        refiner = Refiner(volume, self.device) if p.refine or p.depth_search else None
+        refiner = Refiner(volume, self.device) if self.renders_frames else None
         return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source, refiner)
 
     def _landmark_subspaces(self, volume: Volume) -> tuple[Float[np.ndarray, "M 3"], Float[np.ndarray, "M D K"]]:

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
+from rayemb_ros import subspace
 from rayemb_ros.camera import Detector, project
 from rayemb_ros.pnp import solve_pnp
-from rayemb_ros import subspace
 from rayemb_ros.poses import carm_pose
 from rayemb_ros.subspace import (
     coarse_to_fine_peaks,
