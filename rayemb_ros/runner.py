@@ -40,7 +40,11 @@ _PAIRING_WAIT_S = 0.05
 # ...or this long, once images have been finding CameraInfos with their own stamps (a camera
 # that sends one per image, as the contract's bags do). Then the newest is another frame's,
 # and its K may differ (zoom, SDD): a wrong K gives a wrong pose that looks right. 50 ms
-# was not always enough for the executor to deliver it on a loaded machine.
+# was not always enough for the executor to deliver it on a loaded machine. If it has still
+# not come (lost: the subscription is best-effort), the newest stands in only when every
+# remembered CameraInfo holds the same K; otherwise the frame is refused. A node test once
+# published, for an image whose CameraInfo never arrived, the pose from the previous
+# image's K: 12 mm from the right one.
 _PAIRED_WAIT_S = 1.0
 # ...and this long for the very first CameraInfo.
 _FIRST_INFO_WAIT_S = 1.0
@@ -275,8 +279,11 @@ class Runner:
                 self._event(Level.WARN, f"load_volume {load.path!r} failed: {load.error}", log=True)
         load.done.set()
 
-    def _camera_info_for(self, stamp_ns: int) -> _CameraInfo | None:
-        """The CameraInfo with the frame's stamp, else the newest one (None: none yet)."""
+    def _camera_info_for(self, stamp_ns: int) -> _CameraInfo | str:
+        """The CameraInfo with the frame's stamp, else the newest one; or why the frame gets
+        none. When CameraInfos have been coming one per image and their K changes, the newest
+        is another image's, whose K would give a wrong pose that looks right: a frame whose
+        own CameraInfo was lost (best-effort delivery) or is later than the wait is refused."""
         with self._cv:
             if not self._infos:
                 wait_s = _FIRST_INFO_WAIT_S
@@ -285,16 +292,27 @@ class Runner:
             else:
                 wait_s = 0.0
             self._cv.wait_for(lambda: stamp_ns in self._infos or self._closed, wait_s)
-            self._infos_per_image = stamp_ns in self._infos
-            if self._infos_per_image:
+            if stamp_ns in self._infos:
+                self._infos_per_image = True
                 return self._infos[stamp_ns]
-            return next(reversed(self._infos.values()), None)
+            if not self._infos:
+                return "no CameraInfo received yet on the camera_info topic"
+            newest = next(reversed(self._infos.values()))
+            if self._infos_per_image and not all(
+                np.array_equal(info.K, newest.K) and (info.height, info.width) == (newest.height, newest.width)
+                for info in self._infos.values()
+            ):
+                # Still one per image: the next frame waits for its own again.
+                return (f"no CameraInfo with this image's stamp ({stamp_ns}) came, and the camera's K has been "
+                        "changing: another image's K would give a wrong pose")
+            self._infos_per_image = False
+            return newest
 
     def _estimate(self, frame: Frame) -> None:
         info = self._camera_info_for(frame.stamp_ns)
-        if info is None:
+        if isinstance(info, str):
             with self._cv:
-                self._reject("no CameraInfo received yet on the camera_info topic")
+                self._reject(info)
             return
         height, width = frame.image.shape
         if (info.height, info.width) not in ((height, width), (0, 0)):

@@ -152,19 +152,55 @@ def test_newest_frame_wins_and_loads_are_serialised(setup):
 
 
 def test_camera_info_by_stamp_else_latest_and_sizes_checked(setup):
+    """A camera whose CameraInfos carry other stamps than its images: each image takes the
+    newest (the contract's "or the latest one"), until images find their own."""
     runner, estimator, results, events = setup
     runner.load_volume("example")
     K = {stamp: np.diag([stamp, stamp, 1.0]) for stamp in (10, 20, 30)}
     for stamp, k in K.items():
         runner.camera_info(stamp, k, 4, 5)
-    runner.submit(frame(1, stamp_ns=20))
+    runner.submit(frame(1, stamp_ns=99))
     wait_until(lambda: len(results) == 1, 5, "a result")
-    runner.submit(frame(2, stamp_ns=99))
+    runner.submit(frame(2, stamp_ns=20))
     wait_until(lambda: len(results) == 2, 5, "a result")
-    assert results[0].K[0, 0] == 20 and results[1].K[0, 0] == 30
+    assert results[0].K[0, 0] == 30 and results[1].K[0, 0] == 20
     runner.submit(frame(3, stamp_ns=30, shape=(8, 10)))
     wait_until(lambda: runner.health.rejected == 1, 5, "a rejection")
     assert "10x8 but its CameraInfo is 5x4" in runner.health.last_rejection
+
+
+def test_an_image_whose_camera_info_was_lost_is_refused_when_k_changes(setup):
+    """CameraInfos one per image, each with its own K (a zoom, or the simulated bags): the
+    newest belongs to another image, so an image whose own never came is refused, not posed
+    with it; the next image still waits for its own."""
+    runner, estimator, results, events = setup
+    runner.load_volume("example")
+    for stamp in (10, 20):
+        runner.camera_info(stamp, np.diag([stamp, stamp, 1.0]), 0, 0)
+        runner.submit(frame(stamp, stamp_ns=stamp))
+        wait_until(lambda: len(results) == stamp // 10, 5, "a result")
+    runner.submit(frame(30, stamp_ns=30))  # its CameraInfo is lost
+    wait_until(lambda: runner.health.rejected == 1, 5, "a rejection")
+    assert "no CameraInfo with this image's stamp" in runner.health.last_rejection
+    assert "another image's K" in runner.health.last_rejection and len(results) == 2
+    runner.submit(frame(40, stamp_ns=40))
+    time.sleep(0.3)  # late, not lost: waited for as before
+    runner.camera_info(40, np.diag([40.0, 40.0, 1.0]), 0, 0)
+    wait_until(lambda: len(results) == 3, 5, "a third result")
+    assert [r.K[0, 0] for r in results] == [10, 20, 40]
+
+
+def test_an_image_whose_camera_info_was_lost_takes_the_same_k_of_a_steady_camera(setup):
+    runner, estimator, results, events = setup
+    runner.load_volume("example")
+    K = np.diag([7.0, 7.0, 1.0])
+    for stamp in (10, 20):
+        runner.camera_info(stamp, K, 0, 0)
+        runner.submit(frame(stamp, stamp_ns=stamp))
+        wait_until(lambda: len(results) == stamp // 10, 5, "a result")
+    runner.submit(frame(30, stamp_ns=30))  # its CameraInfo is lost; every K was the same
+    wait_until(lambda: len(results) == 3, 5, "a third result")
+    assert results[2].K[0, 0] == 7 and runner.health.rejected == 0
 
 
 def test_failures_are_reported_and_the_worker_goes_on(setup):

@@ -6,7 +6,9 @@ The node runs as a separate process on a random ROS_DOMAIN_ID kept on loopback
 (written to a parameter file). The CT goes in through its ~/load_volume service. Then per
 image, in bag order: the CameraInfos stored before it, the image (the bag's raw CDR bytes,
 published as they are), and a wait for the node's verdict on that image before the next one
-(the node keeps only the newest frame, so an unpaced stream would lose frames):
+(the node keeps only the newest frame, so an unpaced stream would lose frames). Both are sent
+again when the node refused the image for want of its CameraInfo (best-effort delivery lost
+it), as an image the node never counted is:
 
 * every estimated frame gives a ~/landmarks message with the image's header, and a /tf
   transform with its stamp when the pose was accepted;
@@ -88,6 +90,11 @@ def _handled(values: dict[str, str]) -> int:
     return sum(int(values[k]) for k in _HANDLED)
 
 
+def _camera_info_missed(values: dict[str, str]) -> bool:
+    """Whether the node refused the image it just counted for want of its CameraInfo."""
+    return values["message"].startswith("frame rejected: no CameraInfo")
+
+
 @dataclass
 class _Verdict:
     """What the node made of one image."""
@@ -164,8 +171,20 @@ class NodeSession:
             return next((v for _, m in reversed(self.diagnostics.since(0)) if (v := _values(m))), None)
         return self._wait(newest, START_TIMEOUT_S, "diagnostics")
 
-    def verdict(self, image_raw: bytes, stamp_ns: int) -> _Verdict:
-        """Publish one image and wait until the node has handled it."""
+    def verdict(self, image_raw: bytes, stamp_ns: int, infos_raw: list[bytes]) -> _Verdict:
+        """Publish one image after the CameraInfos stored before it, and wait until the node
+        has handled it. The node's CameraInfo subscription is best-effort, so one can be lost
+        on the way; the node then refuses the image (it never poses it with another image's
+        K), and both are sent again, as a lost image is."""
+        for _ in range(RESENDS + 1):
+            for info in infos_raw:
+                self.info_pub.publish(info)  # the node pairs it with its image by stamp
+            verdict = self._verdict(image_raw, stamp_ns)
+            if not _camera_info_missed(verdict.values):
+                break
+        return verdict
+
+    def _verdict(self, image_raw: bytes, stamp_ns: int) -> _Verdict:
         before = self.latest_values()
         seen_diagnostics, seen_landmarks = len(self.diagnostics), len(self.landmarks)
         sent = time.monotonic()
@@ -259,12 +278,14 @@ def play_through_node(bag: Path, volume_spec: str, params: Params, topics: Topic
         session.load_volume(path)
         frames = topics.read(bag)
         bar = tqdm(**progress)
+        infos: list[bytes] = []
         for raw in raw_messages(bag, [topics.info, topics.image]):
             if raw.topic == topics.info:
-                session.info_pub.publish(raw.data)  # the node pairs it with its image by stamp
+                infos.append(raw.data)
                 continue
             frame = next(frames)  # the same image, decoded, with its K and ground truth
-            records.append(record_of(len(records), frame, session.verdict(raw.data, frame.stamp_ns)))
+            records.append(record_of(len(records), frame, session.verdict(raw.data, frame.stamp_ns, infos)))
+            infos = []
             bar.update()
         bar.close()
     finally:
