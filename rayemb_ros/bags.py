@@ -26,7 +26,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-from rayemb_ros.camera import pose_from_ros, pose_to_ros
+from rayemb_ros.camera import CAMERA_INFO_HISTORY, missing_camera_info, pose_from_ros, pose_to_ros, steady_intrinsics
 from rayemb_ros.images import ImageError, decode_image, encode_image, to_encoding_range
 
 IMAGE_TOPIC = "/carm/image"
@@ -63,6 +63,7 @@ class Frame:
     K: Float[np.ndarray, "3 3"] | None
     T_ct_source_gt: Float[np.ndarray, "4 4"] | None = None  # mm
     encoding: str = "mono16"
+    K_missing: str = ""  # reading: why K is None though CameraInfos came before the image
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,9 @@ def read_bag(
     """The bag's frames in bag order, one per image message.
 
     K comes from the CameraInfo with the image's stamp, else the latest one before it
-    (the contract's rule); the ground truth only from a pose with the image's stamp.
+    (the contract's rule), as the node pairs them: once images have been finding their own,
+    an image without one takes the latest only if the CameraInfos before it hold one K
+    (``camera.steady_intrinsics``). The ground truth only from a pose with the image's stamp.
     """
     # The small messages first (one pass), so that images can stream in the second one
     # whatever order equal-stamped messages were stored in.
@@ -195,6 +198,7 @@ def read_bag(
             p, q = msg.pose.position, msg.pose.orientation
             poses[_stamp_ns(msg.header)] = pose_from_ros(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
     info_stamps = sorted(infos)
+    paired = False  # the last image found the CameraInfo with its stamp
     for raw in raw_messages(path, [image_topic]):
         msg = _decode(raw)
         stamp = _stamp_ns(msg.header)
@@ -202,6 +206,15 @@ def read_bag(
             image = decode_image(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
         except ImageError as err:
             image = err
-        at = bisect.bisect_right(info_stamps, stamp)
-        K = infos[info_stamps[at - 1]] if at else None
-        yield Frame(stamp_ns=stamp, image=image, K=K, T_ct_source_gt=poses.get(stamp), encoding=msg.encoding)
+        K, missing = infos.get(stamp), ""
+        if K is not None:
+            paired = True
+        else:
+            at = bisect.bisect_right(info_stamps, stamp)
+            recent = [infos[s] for s in info_stamps[max(0, at - CAMERA_INFO_HISTORY) : at]]
+            if recent and paired and not steady_intrinsics(recent):
+                missing = missing_camera_info(stamp)
+            elif recent:
+                K, paired = recent[-1], False
+        yield Frame(stamp_ns=stamp, image=image, K=K, T_ct_source_gt=poses.get(stamp), encoding=msg.encoding,
+                    K_missing=missing)

@@ -19,6 +19,7 @@ Functions taking arrays accept numpy arrays or torch tensors (the same maths on 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import cv2
@@ -144,6 +145,27 @@ def backproject(
     dirs_cam = uv1 @ np.linalg.inv(K).T
     dirs = dirs_cam @ T_ct_source[:3, :3].T
     return T_ct_source[:3, 3].copy(), dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+
+
+# How many CameraInfos an image may look back over for its K: the node remembers this many,
+# and a bag reader looks back as far.
+CAMERA_INFO_HISTORY = 64
+
+
+def steady_intrinsics(Ks: Iterable[Float[np.ndarray, "3 3"]]) -> bool:
+    """Whether these intrinsics (a camera's recent CameraInfos) show one K: two or more, all
+    equal. Only then may an image whose own CameraInfo is missing borrow another image's, once
+    CameraInfos have come one per image: where K changes (zoom, magnification mode; every
+    simulated frame), another image's K gives a wrong pose that looks right, and a single
+    CameraInfo cannot tell. The node and the bag reader both ask this."""
+    Ks = [np.asarray(K) for K in Ks]
+    return len(Ks) >= 2 and all(np.array_equal(K, Ks[0]) for K in Ks)
+
+
+def missing_camera_info(stamp_ns: int) -> str:
+    """Why an image gets no K when :func:`steady_intrinsics` says its camera's K changes."""
+    return (f"no CameraInfo with this image's stamp ({stamp_ns}) came, and the camera's K has been changing: "
+            "another image's K would give a wrong pose")
 
 
 def resize_K(K: Float[np.ndarray, "3 3"], src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Float[np.ndarray, "3 3"]:

@@ -82,7 +82,7 @@ def prepare_image(frame, intensity: str) -> np.ndarray | str:
     if isinstance(frame.image, ImageError):
         return str(frame.image)
     if frame.K is None:
-        return "no CameraInfo at or before this image's stamp"
+        return frame.K_missing or "no CameraInfo at or before this image's stamp"
     try:
         return to_attenuation(frame.image, intensity)
     except ImageError as exc:

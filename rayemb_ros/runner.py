@@ -26,13 +26,12 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from jaxtyping import Float
 
+from rayemb_ros.camera import CAMERA_INFO_HISTORY, missing_camera_info, steady_intrinsics
 from rayemb_ros.images import ImageError
 from rayemb_ros.intensity import to_attenuation
 from rayemb_ros.params import Params
 from rayemb_ros.result import Estimate, PoseGrade, VolumeInfo
 
-# CameraInfos remembered by stamp, to pair each image with its own; older ones are forgotten.
-_CAMERA_INFO_HISTORY = 64
 # An image and its CameraInfo come on two topics, in either order (image_transport sends
 # the image first). A frame waits this long for the CameraInfo with its stamp while the
 # newest one is older than the frame (it may still be on its way), then takes the newest...
@@ -41,8 +40,8 @@ _PAIRING_WAIT_S = 0.05
 # that sends one per image, as the contract's bags do). Then the newest is another frame's,
 # and its K may differ (zoom, SDD): a wrong K gives a wrong pose that looks right. 50 ms
 # was not always enough for the executor to deliver it on a loaded machine. If it has still
-# not come (lost: the subscription is best-effort), the newest stands in only when every
-# remembered CameraInfo holds the same K; otherwise the frame is refused. A node test once
+# not come (lost: the subscription is best-effort), the newest stands in only when the
+# remembered CameraInfos show one K (camera.steady_intrinsics); otherwise the frame is refused. A node test once
 # published, for an image whose CameraInfo never arrived, the pose from the previous
 # image's K: 12 mm from the right one.
 _PAIRED_WAIT_S = 1.0
@@ -182,7 +181,7 @@ class Runner:
         with self._cv:
             self._infos[stamp_ns] = _CameraInfo(K, height, width)
             self._infos.move_to_end(stamp_ns)
-            while len(self._infos) > _CAMERA_INFO_HISTORY:
+            while len(self._infos) > CAMERA_INFO_HISTORY:
                 self._infos.popitem(last=False)
             self._cv.notify_all()  # a frame may be waiting for this one
 
@@ -298,13 +297,8 @@ class Runner:
             if not self._infos:
                 return "no CameraInfo received yet on the camera_info topic"
             newest = next(reversed(self._infos.values()))
-            if self._infos_per_image and not all(
-                np.array_equal(info.K, newest.K) and (info.height, info.width) == (newest.height, newest.width)
-                for info in self._infos.values()
-            ):
-                # Still one per image: the next frame waits for its own again.
-                return (f"no CameraInfo with this image's stamp ({stamp_ns}) came, and the camera's K has been "
-                        "changing: another image's K would give a wrong pose")
+            if self._infos_per_image and not steady_intrinsics(info.K for info in self._infos.values()):
+                return missing_camera_info(stamp_ns)  # still one per image: the next frame waits for its own
             self._infos_per_image = False
             return newest
 

@@ -80,24 +80,43 @@ def test_custom_topics_and_no_pose(tmp_path):
     assert list(bags.read_bag(tmp_path / "bag")) == []
 
 
-def test_latest_camera_info_and_bad_images(tmp_path):
-    """An image without a same-stamp CameraInfo takes the latest earlier one; a bad image
-    comes back as its ImageError, not as an exception that ends the bag."""
-    frames = make_frames(["mono16", "mono16"])
-    frames[1].image = np.full((H, W), 5.0, dtype=np.float32)  # constant: rejected on decode
-    bags.write_bag(tmp_path / "full", frames)
-    # Drop the second frame's CameraInfo by copying every other message to a new bag.
+def without_camera_info(tmp_path, frames: list[bags.Frame], dropped: int):
+    """The frames read back from a bag that lacks the CameraInfo of frame ``dropped``."""
     from rosbags.rosbag2 import Reader, Writer
 
+    bags.write_bag(tmp_path / "full", frames)
     with Reader(tmp_path / "full") as reader, Writer(tmp_path / "cut", version=9, storage_plugin=bags.STORAGES["mcap"]) as writer:
         conns = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=bags.typestore()) for c in reader.connections}
         for conn, t, data in reader.messages():
-            if not (conn.topic == bags.INFO_TOPIC and t == frames[1].stamp_ns):
+            if not (conn.topic == bags.INFO_TOPIC and t == frames[dropped].stamp_ns):
                 writer.write(conns[conn.id], t, data)
-    first, second = bags.read_bag(tmp_path / "cut")
-    np.testing.assert_array_equal(second.K, frames[0].K)
-    assert isinstance(second.image, ImageError) and "constant" in str(second.image)
+    return list(bags.read_bag(tmp_path / "cut"))
+
+
+def test_latest_camera_info_of_a_steady_camera_and_bad_images(tmp_path):
+    """An image without a same-stamp CameraInfo takes the latest earlier one when the camera's
+    K has not changed; a bad image comes back as its ImageError, not as an exception that
+    ends the bag."""
+    frames = make_frames(["mono16", "mono16", "mono16"])
+    for f in frames:
+        f.K = frames[0].K
+    frames[2].image = np.full((H, W), 5.0, dtype=np.float32)  # constant: rejected on decode
+    first, _, third = without_camera_info(tmp_path, frames, dropped=2)
+    np.testing.assert_array_equal(third.K, frames[0].K)
+    assert isinstance(third.image, ImageError) and "constant" in str(third.image)
     assert isinstance(first.image, np.ndarray)
+
+
+def test_no_camera_info_of_its_own_when_k_changes(tmp_path):
+    """CameraInfos one per image, each with its own K: an image whose CameraInfo is missing is
+    not given the previous image's (a wrong pose that looks right), as the node refuses it
+    (one earlier CameraInfo cannot show that K is steady); the next image pairs with its own."""
+    frames = make_frames(["mono16", "mono16", "mono16"])
+    first, second, third = without_camera_info(tmp_path, frames, dropped=1)
+    assert second.K is None and "another image's K" in second.K_missing
+    np.testing.assert_array_equal(third.K, frames[2].K)
+    np.testing.assert_array_equal(first.K, frames[0].K)
+    assert first.K_missing == third.K_missing == ""
 
 
 def test_refuses_to_overwrite(tmp_path):

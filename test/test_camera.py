@@ -11,6 +11,7 @@ from rayemb_ros.camera import (
     pose_to_diffdrr,
     project,
     resize_image,
+    steady_intrinsics,
 )
 from rayemb_ros.poses import carm_pose
 from rayemb_ros.render import DiffdrrRenderer, NanoRenderer
@@ -106,3 +107,12 @@ def test_detector_K_round_trip_and_resize():
     assert small.shape == (120, 160)
     np.testing.assert_allclose(K2, det.resized(120, 160).K, atol=1e-9)
     np.testing.assert_allclose((project(det.K, T, X) + 0.5) / 2 - 0.5, project(K2, T, X), atol=1e-9)
+
+
+def test_steady_intrinsics_needs_two_or_more_equal_k():
+    K = np.array([[1000.0, 0, 128], [0, 1000.0, 128], [0, 0, 1]])
+    zoomed = K * np.array([[1.1], [1.1], [1.0]])
+    assert steady_intrinsics([K, K.copy(), K])
+    assert not steady_intrinsics([K])  # one CameraInfo cannot show that K stays
+    assert not steady_intrinsics([])
+    assert not steady_intrinsics([K, zoomed, K])
