@@ -191,7 +191,8 @@ def stamp_ns(header: Header) -> int:
 
 
 class Camera:
-    """Publishes frames as a C-arm driver does: a CameraInfo, then the Image, same stamp."""
+    """Publishes frames as a C-arm driver does: a CameraInfo, then the Image, same stamp (and
+    the CameraInfo once more, see ``publish``)."""
 
     def __init__(self, graph: Graph, reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE):
         qos = QoSProfile(depth=10, reliability=reliability)
@@ -206,11 +207,17 @@ class Camera:
         """Publish ``image`` (and a CameraInfo with ``K`` unless None); the stamp (default: now)."""
         stamp = time.time_ns() if stamp_ns is None else stamp_ns
         header = Header(stamp=Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id="carm_source")
-        if K is not None:
-            self._info.publish(CameraInfo(header=header, height=image.height, width=image.width,
-                                          k=np.asarray(K, dtype=float).ravel().tolist()))
+        info = None if K is None else CameraInfo(header=header, height=image.height, width=image.width,
+                                                 k=np.asarray(K, dtype=float).ravel().tolist())
+        if info is not None:
+            self._info.publish(info)
         image.header = header
         self._image.publish(image)
+        if info is not None:
+            # Again, after the image: the node's best-effort reader can lose one (seen while
+            # discovery settles), and it refuses an image whose CameraInfo never came rather
+            # than pose it with another image's K. The node waits for a late one.
+            self._info.publish(info)
         return stamp
 
     def publish_heard(self, image: Image, K: np.ndarray | None, frames_received: Callable[[], int],
