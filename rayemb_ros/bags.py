@@ -26,7 +26,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-from rayemb_ros.camera import CAMERA_INFO_HISTORY, missing_camera_info, pose_from_ros, pose_to_ros, steady_intrinsics
+from rayemb_ros.camera import CAMERA_INFO_HISTORY, camera_info_for_image, pose_from_ros, pose_to_ros
 from rayemb_ros.images import ImageError, decode_image, encode_image, to_encoding_range
 
 IMAGE_TOPIC = "/carm/image"
@@ -184,7 +184,7 @@ def read_bag(
     K comes from the CameraInfo with the image's stamp, else the latest one before it
     (the contract's rule), as the node pairs them: once images have been finding their own,
     an image without one takes the latest only if the CameraInfos before it hold one K
-    (``camera.steady_intrinsics``). The ground truth only from a pose with the image's stamp.
+    (``camera.camera_info_for_image``). The ground truth only from a pose with the image's stamp.
     """
     # The small messages first (one pass), so that images can stream in the second one
     # whatever order equal-stamped messages were stored in.
@@ -206,15 +206,9 @@ def read_bag(
             image = decode_image(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian), msg.data)
         except ImageError as err:
             image = err
-        K, missing = infos.get(stamp), ""
-        if K is not None:
-            paired = True
-        else:
-            at = bisect.bisect_right(info_stamps, stamp)
-            recent = [infos[s] for s in info_stamps[max(0, at - CAMERA_INFO_HISTORY) : at]]
-            if recent and paired and not steady_intrinsics(recent):
-                missing = missing_camera_info(stamp)
-            elif recent:
-                K, paired = recent[-1], False
-        yield Frame(stamp_ns=stamp, image=image, K=K, T_ct_source_gt=poses.get(stamp), encoding=msg.encoding,
-                    K_missing=missing)
+        at = bisect.bisect_right(info_stamps, stamp)
+        recent = [infos[s] for s in info_stamps[max(0, at - CAMERA_INFO_HISTORY) : at]]
+        info, paired = camera_info_for_image(infos.get(stamp), recent, paired, stamp)
+        missing = info if isinstance(info, str) else ""
+        yield Frame(stamp_ns=stamp, image=image, K=None if missing else info, T_ct_source_gt=poses.get(stamp),
+                    encoding=msg.encoding, K_missing=missing)

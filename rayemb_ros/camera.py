@@ -19,8 +19,9 @@ Functions taking arrays accept numpy arrays or torch tensors (the same maths on 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -147,6 +148,8 @@ def backproject(
     return T_ct_source[:3, 3].copy(), dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
 
 
+Info = TypeVar("Info")  # a CameraInfo as its holder keeps it (a K, or a record with one)
+
 # How many CameraInfos an image may look back over for its K: the node remembers this many,
 # and a bag reader looks back as far.
 CAMERA_INFO_HISTORY = 64
@@ -162,10 +165,24 @@ def steady_intrinsics(Ks: Iterable[Float[np.ndarray, "3 3"]]) -> bool:
     return len(Ks) >= 2 and all(np.array_equal(K, Ks[0]) for K in Ks)
 
 
-def missing_camera_info(stamp_ns: int) -> str:
-    """Why an image gets no K when :func:`steady_intrinsics` says its camera's K changes."""
-    return (f"no CameraInfo with this image's stamp ({stamp_ns}) came, and the camera's K has been changing: "
-            "another image's K would give a wrong pose")
+def camera_info_for_image(
+    own: Info | None, recent: Sequence[Info], paired: bool, stamp_ns: int,
+    K_of: Callable[[Info], Float[np.ndarray, "3 3"]] = lambda info: info,
+) -> tuple[Info | str | None, bool]:
+    """Which CameraInfo an image takes: its ``own`` (same stamp), else the newest of ``recent``
+    (the contract's "or the latest one"), except where CameraInfos have been coming one per
+    image (``paired``) and K has not been steady: then the newest is another image's, and the
+    answer is why the image gets none. Also returns whether the stream now counts as paired
+    (a refusal keeps it so: the next image waits for its own again). None: no CameraInfo at
+    all. The node and the bag reader both pair by this."""
+    if own is not None:
+        return own, True
+    if not recent:
+        return None, paired
+    if paired and not steady_intrinsics(K_of(info) for info in recent):
+        return (f"no CameraInfo with this image's stamp ({stamp_ns}) came, and the camera's K has been changing: "
+                "another image's K would give a wrong pose"), True
+    return recent[-1], False
 
 
 def resize_K(K: Float[np.ndarray, "3 3"], src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Float[np.ndarray, "3 3"]:

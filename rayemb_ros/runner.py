@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from jaxtyping import Float
 
-from rayemb_ros.camera import CAMERA_INFO_HISTORY, missing_camera_info, steady_intrinsics
+from rayemb_ros.camera import CAMERA_INFO_HISTORY, camera_info_for_image
 from rayemb_ros.images import ImageError
 from rayemb_ros.intensity import to_attenuation
 from rayemb_ros.params import Params
@@ -41,9 +41,9 @@ _PAIRING_WAIT_S = 0.05
 # and its K may differ (zoom, SDD): a wrong K gives a wrong pose that looks right. 50 ms
 # was not always enough for the executor to deliver it on a loaded machine. If it has still
 # not come (lost: the subscription is best-effort), the newest stands in only when the
-# remembered CameraInfos show one K (camera.steady_intrinsics); otherwise the frame is refused. A node test once
-# published, for an image whose CameraInfo never arrived, the pose from the previous
-# image's K: 12 mm from the right one.
+# remembered CameraInfos show one K (camera.camera_info_for_image); otherwise the frame is
+# refused. A node test once published, for an image whose CameraInfo never arrived, the
+# pose from the previous image's K: 12 mm from the right one.
 _PAIRED_WAIT_S = 1.0
 # ...and this long for the very first CameraInfo.
 _FIRST_INFO_WAIT_S = 1.0
@@ -291,16 +291,11 @@ class Runner:
             else:
                 wait_s = 0.0
             self._cv.wait_for(lambda: stamp_ns in self._infos or self._closed, wait_s)
-            if stamp_ns in self._infos:
-                self._infos_per_image = True
-                return self._infos[stamp_ns]
-            if not self._infos:
-                return "no CameraInfo received yet on the camera_info topic"
-            newest = next(reversed(self._infos.values()))
-            if self._infos_per_image and not steady_intrinsics(info.K for info in self._infos.values()):
-                return missing_camera_info(stamp_ns)  # still one per image: the next frame waits for its own
-            self._infos_per_image = False
-            return newest
+            info, self._infos_per_image = camera_info_for_image(
+                self._infos.get(stamp_ns), list(self._infos.values()), self._infos_per_image, stamp_ns,
+                K_of=lambda info: info.K,
+            )
+            return "no CameraInfo received yet on the camera_info topic" if info is None else info
 
     def _estimate(self, frame: Frame) -> None:
         info = self._camera_info_for(frame.stamp_ns)
