@@ -191,8 +191,8 @@ def stamp_ns(header: Header) -> int:
 
 
 class Camera:
-    """Publishes frames as a C-arm driver does: a CameraInfo, then the Image, same stamp (and
-    the CameraInfo once more, see ``publish``)."""
+    """Publishes frames as a C-arm driver does: a CameraInfo, then the Image, same stamp (and,
+    for a frame whose outputs a test waits for, the CameraInfo once more, see ``publish``)."""
 
     def __init__(self, graph: Graph, reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE):
         qos = QoSProfile(depth=10, reliability=reliability)
@@ -203,8 +203,9 @@ class Camera:
                    "the node to subscribe to /carm/image and /carm/camera_info")
         self._info_heard = False  # whether the node is known to have had a CameraInfo from us
 
-    def publish(self, image: Image, K: np.ndarray | None, stamp_ns: int | None = None) -> int:
-        """Publish ``image`` (and a CameraInfo with ``K`` unless None); the stamp (default: now)."""
+    def publish(self, image: Image, K: np.ndarray | None, stamp_ns: int | None = None, info_twice: bool = False) -> int:
+        """Publish ``image`` (and a CameraInfo with ``K`` unless None, with ``info_twice`` once
+        more after the image); the stamp (default: now)."""
         stamp = time.time_ns() if stamp_ns is None else stamp_ns
         header = Header(stamp=Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id="carm_source")
         info = None if K is None else CameraInfo(header=header, height=image.height, width=image.width,
@@ -213,7 +214,7 @@ class Camera:
             self._info.publish(info)
         image.header = header
         self._image.publish(image)
-        if info is not None:
+        if info is not None and info_twice:
             # Again, after the image: the node's best-effort reader can lose one (seen while
             # discovery settles), and it refuses an image whose CameraInfo never came rather
             # than pose it with another image's K. The node waits for a late one.
@@ -240,7 +241,7 @@ class Camera:
         for _ in range(attempts):
             before = frames_received()
             rejected_before = rejected() if confirm else 0
-            stamp = self.publish(image, K)
+            stamp = self.publish(image, K, info_twice=True)
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline and frames_received() <= before:
                 time.sleep(0.05)
