@@ -153,6 +153,9 @@ Info = TypeVar("Info")  # a CameraInfo as its holder keeps it (a K, or a record 
 # How many CameraInfos an image may look back over for its K: the node remembers this many,
 # and a bag reader looks back as far.
 CAMERA_INFO_HISTORY = 64
+# How every refusal for want of a CameraInfo begins (node, bag reader), so that a client
+# (the via-node replay resends such a frame) can tell it from the rest by this constant.
+NO_CAMERA_INFO = "no CameraInfo"
 
 
 def steady_intrinsics(Ks: Iterable[Float[np.ndarray, "3 3"]]) -> bool:
@@ -180,7 +183,7 @@ def camera_info_for_image(
     if not recent:
         return None, paired
     if paired and not steady_intrinsics(K_of(info) for info in recent):
-        return (f"no CameraInfo with this image's stamp ({stamp_ns}) came, and the camera's K has been changing: "
+        return (f"{NO_CAMERA_INFO} with this image's stamp ({stamp_ns}) came, and the camera's K has been changing: "
                 "another image's K would give a wrong pose"), True
     return recent[-1], False
 

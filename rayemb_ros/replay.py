@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rayemb_ros.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC, read_bag
+from rayemb_ros.camera import NO_CAMERA_INFO
 from rayemb_ros.images import ImageError
 from rayemb_ros.intensity import to_attenuation
 from rayemb_ros.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
@@ -82,7 +83,7 @@ def prepare_image(frame, intensity: str) -> np.ndarray | str:
     if isinstance(frame.image, ImageError):
         return str(frame.image)
     if frame.K is None:
-        return frame.K_missing or "no CameraInfo at or before this image's stamp"
+        return frame.K_missing or f"{NO_CAMERA_INFO} at or before this image's stamp"
     try:
         return to_attenuation(frame.image, intensity)
     except ImageError as exc:

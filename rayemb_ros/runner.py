@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from jaxtyping import Float
 
-from rayemb_ros.camera import CAMERA_INFO_HISTORY, camera_info_for_image
+from rayemb_ros.camera import CAMERA_INFO_HISTORY, NO_CAMERA_INFO, camera_info_for_image
 from rayemb_ros.images import ImageError
 from rayemb_ros.intensity import to_attenuation
 from rayemb_ros.params import Params
@@ -47,6 +47,8 @@ _PAIRING_WAIT_S = 0.05
 _PAIRED_WAIT_S = 1.0
 # ...and this long for the very first CameraInfo.
 _FIRST_INFO_WAIT_S = 1.0
+# How the diagnostics message of a refused frame begins (then the reason).
+FRAME_REJECTED = "frame rejected: "
 
 
 class PathRefused(ValueError):
@@ -295,7 +297,7 @@ class Runner:
                 self._infos.get(stamp_ns), list(self._infos.values()), self._infos_per_image, stamp_ns,
                 K_of=lambda info: info.K,
             )
-            return "no CameraInfo received yet on the camera_info topic" if info is None else info
+            return f"{NO_CAMERA_INFO} received yet on the camera_info topic" if info is None else info
 
     def _estimate(self, frame: Frame) -> None:
         info = self._camera_info_for(frame.stamp_ns)
@@ -344,7 +346,7 @@ class Runner:
     def _reject(self, reason: str) -> None:
         self._count(rejected=1)
         self._health = replace(self._health, last_rejection=reason)
-        self._event(Level.WARN, f"frame rejected: {reason}", log=True)
+        self._event(Level.WARN, f"{FRAME_REJECTED}{reason}", log=True)
 
     def _event(self, level: Level, message: str, log: bool) -> None:
         self._health = replace(self._health, level=level, message=message)

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
+from rayemb_ros.camera import NO_CAMERA_INFO
 from rayemb_ros.params import Params
 from rayemb_ros.result import Estimate, Landmarks, PoseGrade, VolumeInfo
-from rayemb_ros.runner import Frame, Level, PathRefused, Runner, confine
+from rayemb_ros.runner import FRAME_REJECTED, Frame, Level, PathRefused, Runner, confine
 from rosutil import wait_until
 
 
@@ -182,6 +183,8 @@ def test_an_image_whose_camera_info_was_lost_is_refused_when_k_changes(setup):
     wait_until(lambda: runner.health.rejected == 1, 5, "a rejection")
     assert "no CameraInfo with this image's stamp" in runner.health.last_rejection
     assert "another image's K" in runner.health.last_rejection and len(results) == 1
+    # what `rayemb replay --via-node` recognises (and resends the frame on) in the diagnostics
+    assert runner.health.message.startswith(FRAME_REJECTED + NO_CAMERA_INFO)
     runner.submit(frame(30, stamp_ns=30))
     time.sleep(0.3)  # late, not lost: waited for as before
     runner.camera_info(30, np.diag([30.0, 30.0, 1.0]), 0, 0)

@@ -42,12 +42,14 @@ from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
 from rayemb_ros.bags import IMAGE_TOPIC, INFO_TOPIC, Frame, raw_messages
+from rayemb_ros.camera import NO_CAMERA_INFO
 from rayemb_ros.msg import LandmarkArray
 from rayemb_ros.params import Params
 from rayemb_ros.records import FrameRecord
 from rayemb_ros.replay import ReplayError, Topics
 from rayemb_ros.ros import convert
 from rayemb_ros.ros.node import NODE_NAME, TF_QOS
+from rayemb_ros.runner import FRAME_REJECTED
 from rayemb_ros.srv import LoadVolume
 
 START_TIMEOUT_S = 120.0  # process start, torch import, encoder load
@@ -92,7 +94,7 @@ def _handled(values: dict[str, str]) -> int:
 
 def _camera_info_missed(values: dict[str, str]) -> bool:
     """Whether the node refused the image it just counted for want of its CameraInfo."""
-    return values["message"].startswith("frame rejected: no CameraInfo")
+    return values["message"].startswith(FRAME_REJECTED + NO_CAMERA_INFO)
 
 
 @dataclass
