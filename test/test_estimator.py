@@ -104,7 +104,7 @@ def test_only_the_validated_settings_give_navigation_grade_poses(tmp_path):
     grade = pose_grade(Params(refine=False, min_inlier_ratio=0.2, max_depth_check_mm=8.0, checkpoint=str(other)))
     assert grade.name == "tracking"
     assert grade.reasons == (f"encoder weights {str(other)!r}, not the shipped checkpoint", "refinement off",
-                             "min_inlier_ratio 0.2 looser than 0.25", "max_depth_check_mm 8.0 looser than 5.0")
+                             "min_inlier_ratio 0.2 looser than 0.4", "max_depth_check_mm 8.0 looser than 5.0")
     assert pose_grade(Params(refine_steps=8)).reasons == ("refine_steps 8 < 18",)
     assert str(pose_grade(Params(ransac_threshold_px=6.0))) == "tracking-grade (ransac_threshold_px 6.0 looser than 4.0)"
 
