@@ -1,6 +1,8 @@
 """rayemb_ros: C-arm pose from fluoroscopy by ray-embedding 2D/3D registration.
 
-Everything outside `rayemb_ros.ros` is ROS-free and runs from plain Python.
+Layers, lowest first (a module imports only from its own layer or lower ones; test/test_architecture.py
+checks it): params; geometry; io; imaging; learning; estimation; evaluation; ros (the only one
+that imports rclpy); cli (the command line, above both).
 """
 # The generated interfaces (rayemb_ros.msg, rayemb_ros.srv) may be installed in another
 # directory named rayemb_ros (the development venv's site-packages); find them there too.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rayemb_ros.bags import Frame, write_bag
-from rayemb_ros.simulate import plan, simulate_frames
+from rayemb_ros.io.bags import Frame, write_bag
+from rayemb_ros.imaging.simulate import plan, simulate_frames
 
 SIZE = 128
 SEED = 5

@@ -1,193 +1,83 @@
-"""Helpers for tests that talk to real ROS 2 processes over DDS.
-
-Each ``Domain`` is a random ROS_DOMAIN_ID kept on loopback, so that test runs (and other
-people's, on the same machine) do not hear each other. ``NodeProcess`` runs `rayemb node`
-as its own process; ``Graph`` is the test's side of the graph: an rclpy context on the same
-domain, spun on a background thread, with helpers to publish, collect and call services.
-"""
+"""Test-side helpers for real ROS 2 processes over DDS, on top of ``rayemb_ros.ros.graph``
+(random loopback domains, `rayemb node` processes, our own participant): the node's
+diagnostics as a dict, and ``Camera``, a stand-in for a C-arm driver."""
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from rayemb_ros.io.camera_info import NO_CAMERA_INFO
+from rayemb_ros.ros.convert import diagnostics_values, frames_handled, stamp_ns
+from rayemb_ros.ros.graph import Domain, Graph, GraphError, NodeProcess, wait_until
+from rayemb_ros.ros.node import NODE_NAME
+
 REPO = Path(__file__).resolve().parents[1]
-RAYEMB = Path(sys.executable).parent / "rayemb"
-# How long a camera's first frame is watched for a rejection: the node waits up to
-# runner._FIRST_INFO_WAIT_S (1 s) for a first CameraInfo before it rejects the frame.
-FIRST_CAMERA_INFO_SETTLE_S = 2.0
+# One estimate, refinement included, on a loaded 2-core machine: a generous bound on a wait
+# for an event, never a speed requirement.
+VERDICT_TIMEOUT_S = 120.0
+# 2 shared cores: the node's numeric libraries get one thread each in the tests.
+NODE_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+__all__ = ["REPO", "Camera", "Domain", "Graph", "NodeProcess", "node_process", "status", "stamp_ns", "wait_until"]
 
 
-@dataclass(frozen=True)
-class Domain:
-    id: int
-
-    @classmethod
-    def random(cls) -> Domain:
-        # 1..100: valid for Fast DDS's port mapping; 0 is everyone's default.
-        return cls(random.SystemRandom().randint(1, 100))
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            ROS_DOMAIN_ID=str(self.id),
-            ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-            # 2 shared cores: keep the node's numeric libraries to one thread each.
-            OMP_NUM_THREADS="1",
-            OPENBLAS_NUM_THREADS="1",
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(extra)
-        return env
+def node_process(args: list[str], domain: Domain, log_path: Path) -> NodeProcess:
+    """`rayemb node ARGS...` on ``domain``, with the tests' thread limits."""
+    return NodeProcess(args, domain, log_path, **NODE_ENV)
 
 
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05) -> Any:
-    """The first truthy value of ``predicate()``; AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
+def status(msg: DiagnosticArray) -> dict[str, str]:
+    """The node's status values in a /diagnostics message (and its ``message``)."""
+    values = diagnostics_values(msg, NODE_NAME)
+    assert values is not None, f"no {NODE_NAME} status in {msg}"
+    return values
 
 
-class NodeProcess:
-    """`rayemb node ARGS...` in its own process; its output goes to ``log_path``."""
+class NodeUnderTest:
+    """A `rayemb node` process on its own domain and the test's view of what it publishes."""
 
-    def __init__(self, args: list[str], domain: Domain, log_path: Path, **env: str):
-        self.args = args
-        self.domain = domain
-        self.log_path = log_path
-        self._env = domain.env(**env)
-        self.proc: subprocess.Popen | None = None
-        self.start()
+    def __init__(self, args: list[str], log_path: Path):
+        from geometry_msgs.msg import PoseStamped
+        from tf2_msgs.msg import TFMessage
+        from visualization_msgs.msg import MarkerArray
 
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(RAYEMB), "node", *self.args], stdout=log, stderr=subprocess.STDOUT, env=self._env, cwd=REPO
-            )
+        from rayemb_ros.msg import LandmarkArray
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        domain = Domain.random()
+        self.node = node_process(args, domain, log_path)
+        self.graph = Graph(domain, "rayemb_test")
+        self.diagnostics = self.graph.subscribe(DiagnosticArray, "/diagnostics", 50)
+        self.tf = self.graph.subscribe(TFMessage, "/tf", QoSProfile(depth=100))
+        self.pose = self.graph.subscribe(PoseStamped, f"/{NODE_NAME}/pose")
+        self.landmarks = self.graph.subscribe(LandmarkArray, f"/{NODE_NAME}/landmarks")
+        self.markers = self.graph.subscribe(MarkerArray, f"/{NODE_NAME}/markers")
+        self.overlay = self.graph.subscribe(Image, f"/{NODE_NAME}/overlay")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def values(self, where: Callable[[dict[str, str]], bool], timeout_s: float, what: str,
+               since: int = 0) -> dict[str, str]:
+        """The first /diagnostics values from message ``since`` on that satisfy ``where``."""
+        msg = self.diagnostics.wait_for(lambda m: where(status(m)), timeout_s, f"{what}\n{self.node.log_tail()}",
+                                        since, abort=self.node.exited)
+        return status(msg)
 
-    def wait(self, timeout_s: float) -> int:
-        return self.proc.wait(timeout_s)
+    def latest(self) -> dict[str, str]:
+        """The newest /diagnostics values (the node publishes them at least once a second)."""
+        return status(self.diagnostics.wait_for(lambda m: True, 30, "diagnostics", max(0, len(self.diagnostics) - 1),
+                                                abort=self.node.exited))
 
-    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 15.0) -> int:
-        """Signal the node and wait for it (killed when it does not stop in time)."""
-        if not self.alive:
-            return self.proc.returncode
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"node ignored signal {sig} for {timeout_s} s:\n{self.log()[-3000:]}")
-
-
-class Inbox:
-    """Messages received on one topic, in order, with their receipt times."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-        self.received_ns: list[int] = []  # wall-clock receipt time of each message
-        self._lock = threading.Lock()
-
-    def __call__(self, msg: Any) -> None:
-        with self._lock:
-            self.messages.append(msg)
-            self.received_ns.append(time.time_ns())
-
-    def snapshot(self) -> list[Any]:
-        with self._lock:
-            return list(self.messages)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self.messages)
-
-    def wait_for(self, predicate: Callable[[Any], bool], timeout_s: float, what: str, since: int = 0) -> Any:
-        """The first message from index ``since`` on for which ``predicate`` holds."""
-        return wait_until(lambda: next((m for m in self.snapshot()[since:] if predicate(m)), None), timeout_s, what)
-
-
-class Graph:
-    """The test's own participant on a domain, spinning on a background thread."""
-
-    def __init__(self, domain: Domain, name: str = "rayemb_test"):
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain.id)
-        self.node = Node(name, context=self.context)
-        self._executor = SingleThreadedExecutor(context=self.context)
-        self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        while self.context.ok():
-            try:
-                self._executor.spin_once(timeout_sec=0.05)
-            except Exception:  # the context went down while spinning: closing
-                if self.context.ok():
-                    raise
-
-    def subscribe(self, msg_type: type, topic: str, qos: QoSProfile | int = 10) -> Inbox:
-        inbox = Inbox()
-        self.node.create_subscription(msg_type, topic, inbox, qos)
-        return inbox
-
-    def publisher(self, msg_type: type, topic: str, qos: QoSProfile | int = 10):
-        return self.node.create_publisher(msg_type, topic, qos)
-
-    def call(self, srv_type: type, name: str, request: Any, timeout_s: float = 60.0) -> Any:
-        client = self.node.create_client(srv_type, name)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout_s):
-                raise AssertionError(f"service {name} not available after {timeout_s} s")
-            done = threading.Event()
-            future = client.call_async(request)
-            future.add_done_callback(lambda _: done.set())
-            if not done.wait(timeout_s):
-                raise AssertionError(f"service {name} did not answer within {timeout_s} s")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
-
-    def close(self) -> None:
-        self.context.try_shutdown()
-        self._thread.join(5.0)
-        self._executor.shutdown()
-        self.node.destroy_node()
-
-
-def stamp_ns(header: Header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+    def close(self) -> int:
+        """Leave the graph and stop the node; its exit code."""
+        self.graph.close()
+        return self.node.stop()
 
 
 class Camera:
@@ -201,7 +91,6 @@ class Camera:
         self._info = graph.publisher(CameraInfo, "/carm/camera_info", qos)
         wait_until(lambda: self._image.get_subscription_count() and self._info.get_subscription_count(), 30,
                    "the node to subscribe to /carm/image and /carm/camera_info")
-        self._info_heard = False  # whether the node is known to have had a CameraInfo from us
 
     def publish(self, image: Image, K: np.ndarray | None, stamp_ns: int | None = None, info_twice: bool = False) -> int:
         """Publish ``image`` (and a CameraInfo with ``K`` unless None, with ``info_twice`` once
@@ -221,42 +110,36 @@ class Camera:
             self._info.publish(info)
         return stamp
 
-    def publish_heard(self, image: Image, K: np.ndarray | None, frames_received: Callable[[], int],
-                      attempts: int = 4, wait_s: float = 5.0, rejected: Callable[[], int] | None = None) -> int:
-        """``publish`` until the node counts the frame as received (``frames_received``, its
-        /diagnostics counter, goes up); the stamp of the frame it heard.
+    def publish_heard(self, image: Image, K: np.ndarray | None, latest: Callable[[], dict[str, str]],
+                      attempts: int = 4, heard_s: float = 5.0) -> tuple[int, dict[str, str]]:
+        """``publish`` until the node has handled the frame; its stamp and the node's verdict
+        on it (the first /diagnostics values that count it; ``latest`` gives the newest).
 
         Discovery is two-sided: this side matched the node's readers before the first
         publish, but the node's best-effort readers drop what arrives before they, in turn,
         match these new writers, and no API tells this side when that happened. A lost
         discovery message waits for Fast DDS's next heartbeat (seconds), so a fixed delay is
-        no cure: resend instead (a lost frame is not counted, so counts stay exact).
-
-        The image and CameraInfo writers are matched independently, so the node may hear this
-        camera's first image without its CameraInfo and reject it. With ``rejected`` (the
-        node's rejection counter), the first frame with a K is resent until the node has not
-        rejected it within the time it waits for a first CameraInfo.
+        no cure: a frame the node has not counted within ``heard_s`` is sent again (a lost
+        frame is not counted, so counts stay exact). The image and CameraInfo writers are
+        matched independently too, so the node may hear a frame without its CameraInfo and
+        reject it for that: such a frame is sent again as well.
         """
-        confirm = rejected is not None and K is not None and not self._info_heard
         for _ in range(attempts):
-            before = frames_received()
-            rejected_before = rejected() if confirm else 0
+            before = latest()
             stamp = self.publish(image, K, info_twice=True)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and frames_received() <= before:
-                time.sleep(0.05)
-            if frames_received() <= before:
+            try:
+                wait_until(lambda: int(latest()["frames_received"]) > int(before["frames_received"]), heard_s,
+                           f"the node to count frame {stamp}")
+            except GraphError:
                 continue
-            if confirm:
-                settle = time.monotonic() + FIRST_CAMERA_INFO_SETTLE_S
-                while time.monotonic() < settle and rejected() == rejected_before:
-                    time.sleep(0.05)
-                if rejected() != rejected_before:
-                    continue  # heard without its CameraInfo: send both again
-                self._info_heard = True
-            return stamp
-        raise AssertionError(f"the node counted none of {attempts} frames sent {wait_s:.0f} s apart"
-                             + (" with their CameraInfo" if confirm else ""))
+            verdict = wait_until(lambda: (v := latest()) if frames_handled(v) > frames_handled(before) else None,
+                                 VERDICT_TIMEOUT_S, f"the node's verdict on frame {stamp}")
+            lost_info = int(verdict["rejected"]) > int(before["rejected"]) and \
+                verdict["last_rejection"].startswith(NO_CAMERA_INFO)
+            if K is not None and lost_info:
+                continue
+            return stamp, verdict
+        raise AssertionError(f"the node handled none of {attempts} frames sent as a driver would")
 
     def close(self) -> None:
         self._node.destroy_publisher(self._image)

@@ -1,12 +1,14 @@
 """config/rayemb.yaml says what params.py says, and the node refuses bad values at start."""
 
 import subprocess
+import sys
 
 import pytest
 import yaml
 
 from rayemb_ros.params import ParamError, Params
-from rosutil import RAYEMB, REPO, Domain
+from rayemb_ros.ros.graph import Domain
+from rosutil import REPO
 
 CONFIG = REPO / "config" / "rayemb.yaml"
 
@@ -29,7 +31,7 @@ def test_from_mapping_types():
 
 
 def run_node(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RAYEMB), "node", *args], env=Domain.random().env(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rayemb_ros.cli", "node", *args], env=Domain.random().env(), capture_output=True,
                           text=True, timeout=60)
 
 

@@ -14,12 +14,12 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from rayemb_ros.camera import MM_PER_M, pose_from_ros, pose_to_ros
-from rayemb_ros.images import ImageError, decode_image, encode_image
+from rayemb_ros.geometry.camera import MM_PER_M, pose_from_ros, pose_to_ros
+from rayemb_ros.io.images import ImageError, decode_image, encode_image
 from rayemb_ros.msg import Landmark, LandmarkArray
-from rayemb_ros.overlay import INLIER_RGB, OUTLIER_RGB
-from rayemb_ros.result import Estimate, Landmarks
-from rayemb_ros.runner import Health
+from rayemb_ros.evaluation.overlay import INLIER_RGB, OUTLIER_RGB
+from rayemb_ros.estimation.result import Estimate, Landmarks
+from rayemb_ros.estimation.runner import Health
 
 
 # RViz sizes (metres) and colours of the markers.
@@ -208,3 +208,20 @@ def diagnostics_msg(health: Health, name: str, header: Header) -> DiagnosticArra
         values=[KeyValue(key=k, value=_value(v)) for k, v in values.items()],
     )
     return DiagnosticArray(header=header, status=[status])
+
+
+def diagnostics_values(msg: DiagnosticArray, name_prefix: str) -> dict[str, str] | None:
+    """The values of the status whose name starts with ``name_prefix`` (a node's name), plus its
+    ``message``, as ``diagnostics_msg`` wrote them; None when the message holds no such status."""
+    status = next((s for s in msg.status if s.name.startswith(name_prefix)), None)
+    return None if status is None else {kv.key: kv.value for kv in status.values} | {"message": status.message}
+
+
+# Counters of the node's diagnostics that each count one image the node is done with.
+HANDLED_COUNTERS = ("frames_estimated", "rejected", "dropped_stale", "dropped_no_volume")
+
+
+def frames_handled(values: dict[str, str]) -> int:
+    """How many images the node is done with (estimated, rejected or dropped), from
+    ``diagnostics_values``: it goes up by one as the node's verdict on each image comes out."""
+    return sum(int(values[k]) for k in HANDLED_COUNTERS)

@@ -11,7 +11,6 @@ handling; the estimator runs on the runner's worker thread, which also publishes
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -29,12 +28,12 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
-from rayemb_ros.images import ImageError
+from rayemb_ros.io.images import ImageError
 from rayemb_ros.msg import LandmarkArray
-from rayemb_ros.overlay import draw_landmarks
+from rayemb_ros.evaluation.overlay import draw_landmarks
 from rayemb_ros.params import ParamError, Params
 from rayemb_ros.ros import convert
-from rayemb_ros.runner import Frame, Health, Level, PathRefused, Result, Runner, confine
+from rayemb_ros.estimation.runner import Frame, Health, Level, PathRefused, Result, Runner, confine
 from rayemb_ros.srv import LoadVolume
 
 NODE_NAME = "rayemb_node"
@@ -56,7 +55,7 @@ class RayEmbNode(Node):
         try:
             self.params = self._read_params()
             # Imported here, after the parameters passed: it pulls in torch, which takes seconds.
-            from rayemb_ros.estimator import Estimator
+            from rayemb_ros.estimation.estimator import Estimator
 
             estimator = Estimator(self.params)
         except BaseException:
@@ -212,9 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# --- `rayemb node` (see rayemb_ros.cli) ---
-
-
 def default_params_file() -> Path:
     """config/rayemb.yaml of the checkout, else of the installed package's share directory."""
     checkout = Path(__file__).resolve().parents[2] / "config" / "rayemb.yaml"
@@ -223,17 +219,3 @@ def default_params_file() -> Path:
     from ament_index_python.packages import get_package_share_directory
 
     return Path(get_package_share_directory("rayemb_ros")) / "config" / "rayemb.yaml"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--params-file", type=Path, help="ROS 2 parameter file (default: the package's config/rayemb.yaml)"
-    )
-    parser.epilog = "Arguments from --ros-args on go to ROS (e.g. --ros-args -p device:=cpu -r __ns:=/or1)."
-
-
-def run(args: argparse.Namespace) -> int:
-    params_file = args.params_file or default_params_file()
-    if not params_file.is_file():
-        raise SystemExit(f"rayemb node: params file {str(params_file)!r} not found")
-    return main([NODE_NAME, "--ros-args", "--params-file", str(params_file), *args.ros_args])

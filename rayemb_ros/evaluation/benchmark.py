@@ -1,0 +1,305 @@
+"""`rayemb benchmark`: the paper's table, RayEmb against its baselines, on frames anyone can
+reproduce.
+
+Two held-out sets of simulated fluoroscopy frames (``simulate.plan`` +
+``simulate.simulate_frames``: clinical C-arm poses, diffdrr DRRs, realistic noise; 256 px
+wide on a 280 mm detector by default) with seeds that training never draws (training uses
+``default_rng([0, step])``; the sets use ``--seed`` 1000 and 1000 + 1000):
+
+* ``example``: the bundled chest CT, the CT the encoder and the fixed-landmark net were
+  trained on (new poses, detectors, noise and renderer);
+* ``example_mirrored``: the same CT flipped left-right (``Volume.mirrored``), an anatomy
+  neither network saw; the estimator prepares its scene from the mirrored CT, and the
+  fixed-landmark baseline gets its 14 landmarks mirrored with it.
+
+Each method sees the same frames; the two that need a start (``intensity``) get the same
+initial poses (:class:`InitialError`). Methods:
+
+* ``intensity``: intensity-based registration alone (:class:`refine.Refiner`: gradient NCC
+  through nanodrr over the collimated field, a depth search, then ``--intensity-steps``
+  gradient steps) from the perturbed ground truth;
+* ``fixed_landmark``: :class:`~rayemb_ros.estimation.fixed_landmark.FixedLandmarkEstimator` (heatmaps, PnP);
+* ``rayemb``: :class:`estimator.Estimator`, ``Params(refine=False, depth_search=False)``:
+  landmarks and PnP alone, the paper's RayEmb without refinement;
+* ``rayemb_refined``: the same with ``refine=True`` (``--refine-steps``).
+
+A refused frame (``ok`` false) has no pose: mTRE = inf, a failure at every GFR threshold.
+Rendered sets are cached under ``io.cache.cache_dir()``, keyed by CT content and settings.
+``--dataset deepfluoro FILE`` runs the same methods on the DeepFluoro specimens instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from jaxtyping import Float
+from scipy.spatial.transform import Rotation
+
+from rayemb_ros.geometry.camera import invert_pose, world_to_camera
+from rayemb_ros.learning.checkpoint import FIXED_LANDMARK_CHECKPOINT
+from rayemb_ros.evaluation.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
+from rayemb_ros.params import Params
+from rayemb_ros.evaluation.records import json_safe
+from rayemb_ros.io.cache import cached_arrays
+from rayemb_ros.geometry.volume import Volume, VolumeError, load_volume
+
+METHODS = ("intensity", "fixed_landmark", "rayemb", "rayemb_refined")
+DATASETS = ("deepfluoro",)
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark that cannot run; the message says why."""
+
+
+@dataclass(frozen=True)
+class InitialError:
+    """The start of the intensity baseline: the ground truth perturbed the way a coarse
+    initialisation (a nominal C-arm angle, a rough patient placement) is off. In the source
+    frame, the CT is rotated about its own centre by a rotation vector with N(0, rot_deg)
+    per axis, then shifted by N(0, inplane_mm) along x and y and N(0, depth_mm) along the
+    beam. Typical start: ~30-40 mm mTRE."""
+
+    rot_deg: float = 4.0
+    inplane_mm: float = 15.0
+    depth_mm: float = 30.0
+
+    def perturb(
+        self, T_gt: Float[np.ndarray, "4 4"], center_ct: Float[np.ndarray, "3"], rng: np.random.Generator
+    ) -> Float[np.ndarray, "4 4"]:
+        c = world_to_camera(T_gt, center_ct[None])[0]
+        A = np.eye(4)  # true camera coordinates -> initial camera coordinates
+        A[:3, :3] = Rotation.from_rotvec(np.deg2rad(rng.normal(0.0, self.rot_deg, 3))).as_matrix()
+        A[:3, 3] = c - A[:3, :3] @ c + rng.normal(0.0, [self.inplane_mm, self.inplane_mm, self.depth_mm])
+        return T_gt @ invert_pose(A)
+
+
+@dataclass
+class TestSet:
+    name: str
+    description: str
+    volume: Volume
+    images: list[Float[np.ndarray, "H W"]]  # attenuation
+    K: Float[np.ndarray, "N 3 3"]
+    T_gt: Float[np.ndarray, "N 4 4"]  # mm
+    landmarks_ct: Float[np.ndarray, "14 3"] | None  # the fixed landmarks in this CT; None: unknown
+
+
+@dataclass
+class BenchmarkConfig:
+    out: Path
+    volume: str = "example"
+    frames: int = 20  # per set: the default run takes ~12 min on 2 idle CPU cores
+    width: int = 256  # square frames; detector 280 mm wide (poses.DetectorRange)
+    seed: int = 1000  # example set; the mirrored set uses seed + 1000
+    intensity_steps: int = 100  # the paper's DiffDRR registration runs 100 steps
+    params: Params = field(default_factory=Params)
+    initial: InitialError = field(default_factory=InitialError)
+    fixed_landmark_checkpoint: Path = FIXED_LANDMARK_CHECKPOINT
+    dataset: tuple[str, Path] | None = None
+    progress: bool = True
+
+
+# ------------------------------------------------------------------------------- test sets
+def simulated_frames(
+    volume: Volume, frames: int, seed: int, width: int
+) -> tuple[list[np.ndarray], Float[np.ndarray, "N 3 3"], Float[np.ndarray, "N 4 4"]]:
+    """Realistic diffdrr test frames of a CT (rendered once, then from the cache)."""
+    from rayemb_ros.imaging.simulate import plan, simulate_frames
+
+    def render() -> dict[str, np.ndarray]:
+        shots = plan(volume, frames, seed, width, width)
+        images = np.stack([f.image for f in simulate_frames(volume, shots, seed, renderer="diffdrr")])
+        return {"images": images, "K": np.stack([s.detector.K for s in shots]),
+                "T_gt": np.stack([s.T_ct_source for s in shots])}
+
+    key = {"v": 1, "ct": volume.content_hash, "frames": frames, "seed": seed, "width": width, "renderer": "diffdrr"}
+    z = cached_arrays("benchmark", key, render)
+    return list(z["images"]), z["K"], z["T_gt"]
+
+
+def mirrored_points(volume: Volume, points_ct: Float[np.ndarray, "N 3"]) -> Float[np.ndarray, "N 3"]:
+    """Where CT points of ``volume`` lie in ``volume.mirrored()`` (first voxel axis flipped)."""
+    ijk = volume.ct_to_voxels(points_ct)
+    ijk[:, 0] = volume.shape[0] - 1 - ijk[:, 0]
+    return volume.voxels_to_ct(ijk)
+
+
+def simulated_sets(config: BenchmarkConfig, landmarks_ct: Float[np.ndarray, "14 3"]) -> Iterator[TestSet]:
+    volume = load_volume(config.volume)
+    what = "the bundled CT" if config.volume == "example" else config.volume
+    for name, vol, seed, points, description in (
+        ("example", volume, config.seed, landmarks_ct, f"{what} (the training CT; unseen poses and noise)"),
+        ("example_mirrored", volume.mirrored(), config.seed + 1000, mirrored_points(volume, landmarks_ct),
+         f"{what} mirrored left-right (an anatomy never seen in training)"),
+    ):
+        images, K, T_gt = simulated_frames(vol, config.frames, seed, config.width)
+        yield TestSet(name, f"{description}, seed {seed}", vol, images, K, T_gt, points)
+
+
+def deepfluoro_sets(path: Path, frames: int) -> Iterator[TestSet]:
+    """The first ``frames`` frames of each DeepFluoro specimen (the fixed-landmark net knows
+    only the bundled chest CT's landmarks: it is not applicable there)."""
+    try:
+        from rayemb_ros.io.deepfluoro import DeepFluoro, DeepFluoroError
+    except ImportError as exc:
+        raise BenchmarkError(f"deepfluoro loader not available ({exc})") from exc
+    try:
+        with DeepFluoro(path) as data:
+            for specimen in data.specimens:
+                shots = [data.frame(specimen, i) for i in data.frame_indices(specimen)[:frames]]
+                if not shots:
+                    continue
+                yield TestSet(
+                    f"deepfluoro_{specimen}", f"DeepFluoro specimen {specimen} ({path})", data.volume(specimen),
+                    [s.image for s in shots], np.stack([s.K for s in shots]),
+                    np.stack([s.T_ct_source for s in shots]), None,
+                )
+    except DeepFluoroError as exc:
+        raise BenchmarkError(str(exc)) from exc
+
+
+# ------------------------------------------------------------------------------- methods
+@dataclass
+class Outcome:
+    """One method on one frame."""
+
+    T: Float[np.ndarray, "4 4"] | None  # None: no pose (refused)
+    latency_ms: float
+    reason: str = ""  # why there is no pose
+
+
+Method = Callable[[int], Outcome]  # frame index -> outcome, for the current set
+
+
+class Methods:
+    """The four methods, built once, pointed at one test set after another."""
+
+    def __init__(self, config: BenchmarkConfig):
+        from rayemb_ros.estimation.estimator import Estimator
+        from rayemb_ros.estimation.fixed_landmark import FixedLandmarkEstimator
+
+        self.config = config
+        self.fixed = FixedLandmarkEstimator(config.fixed_landmark_checkpoint, config.params.device)
+        self.rayemb = Estimator(replace(config.params, refine=False, depth_search=False))
+        self.rayemb_refined = Estimator(replace(config.params, refine=True))
+        self.device = str(self.rayemb.device)
+
+    def for_set(self, test: TestSet, initial: Float[np.ndarray, "N 4 4"]) -> dict[str, Method | str]:
+        """Each method's per-frame call on this set, or why it does not apply."""
+        from rayemb_ros.estimation.refine import Refiner
+
+        for est in (self.rayemb, self.rayemb_refined):
+            est.set_volume(test.volume, test.name)
+        refiner = Refiner(test.volume, self.rayemb.device)
+
+        def intensity(i: int, steps: int = self.config.intensity_steps) -> Outcome:
+            started = time.perf_counter()
+            T = refiner.refine(test.images[i], test.K[i], initial[i], steps=steps).T_ct_source
+            return Outcome(T, (time.perf_counter() - started) * 1000)
+
+        # One untimed call each, so that one-off set-up (kernels, buffers) is not a frame's latency.
+        intensity(0, steps=1)
+        self.rayemb.estimate(test.images[0], test.K[0])
+        if test.landmarks_ct is not None:
+            self.fixed.estimate(test.images[0], test.K[0], test.landmarks_ct)
+
+        def estimated(est, **kwargs) -> Method:
+            def run(i: int) -> Outcome:
+                e = est.estimate(test.images[i], test.K[i], **kwargs)
+                return Outcome(e.T_ct_source if e.ok else None, e.latency_ms, e.reason)
+
+            return run
+
+        methods: dict[str, Method | str] = {
+            "intensity": intensity,
+            "fixed_landmark": "the fixed-landmark network knows only the bundled CT's 14 landmarks",
+            "rayemb": estimated(self.rayemb),
+            "rayemb_refined": estimated(self.rayemb_refined),
+        }
+        if test.landmarks_ct is not None:
+            methods["fixed_landmark"] = estimated(self.fixed, points_ct=test.landmarks_ct)
+        return methods
+
+
+def evaluate(methods: Methods, test: TestSet, config: BenchmarkConfig, set_seed: int) -> dict:
+    """All methods on every frame of one set; the set's entry of benchmark.json."""
+    from tqdm import tqdm
+
+    rng = np.random.default_rng([set_seed, 7])  # the initial poses: a stream of their own
+    initial = np.stack([config.initial.perturb(T, test.volume.center, rng) for T in test.T_gt])
+    calls = methods.for_set(test, initial)
+    points = target_points(test.volume)
+    outcomes: dict[str, list[Outcome]] = {name: [] for name, call in calls.items() if not isinstance(call, str)}
+    for i in tqdm(range(len(test.images)), desc=test.name, unit="frame", disable=not config.progress):
+        for name in outcomes:
+            outcomes[name].append(calls[name](i))
+
+    def summary(name: str) -> dict:
+        if isinstance(calls[name], str):
+            return {"available": False, "reason": calls[name]}
+        runs = outcomes[name]
+        mtre = [frame_mtre(o.T, T, points) for o, T in zip(runs, test.T_gt)]
+        return {
+            "available": True,
+            **accuracy_summary(mtre),
+            "ok_fraction": float(np.mean([o.T is not None for o in runs])),
+            "latency_ms": latency_summary([o.latency_ms for o in runs]),
+            "per_frame_mtre_mm": mtre,
+            "per_frame_refusal": [o.reason for o in runs],
+        }
+
+    return {
+        "description": test.description,
+        "frames": len(test.images),
+        "image_hw": list(test.images[0].shape),
+        "initial_mtre_mm": accuracy_summary([frame_mtre(T0, T, points) for T0, T in zip(initial, test.T_gt)])["mtre_mm"],
+        "methods": {name: summary(name) for name in METHODS},
+    }
+
+
+def run_benchmark(config: BenchmarkConfig, on_set: Callable[[str, dict, str, int], None] | None = None) -> dict:
+    """Every set, every method; writes ``config.out/benchmark.json`` and returns its content.
+    ``on_set(name, result, device, torch threads)`` is called as each set finishes."""
+    import torch
+
+    methods = Methods(config)
+    if config.dataset is None:
+        sets = simulated_sets(config, methods.fixed.points_ct)
+    else:
+        sets = deepfluoro_sets(config.dataset[1], config.frames)
+    results = {}
+    for k, test in enumerate(sets):
+        results[test.name] = evaluate(methods, test, config, config.seed + 1000 * k)
+        if on_set is not None:
+            on_set(test.name, results[test.name], methods.device, torch.get_num_threads())
+    if not results:
+        raise BenchmarkError("no test set to run")
+    first = next(iter(results.values()))
+    report = {
+        "device": methods.device,
+        "torch_threads": torch.get_num_threads(),
+        "frames": first["frames"],  # per set
+        "methods": first["methods"],  # the first set's: the bundled CT, as the contract's table
+        "method_names": list(METHODS),
+        "sets": results,
+        "settings": {
+            "dataset": "simulated" if config.dataset is None else config.dataset[0],
+            "volume": config.volume,
+            "width_px": config.width,
+            "seed": config.seed,
+            "intensity_steps": config.intensity_steps,
+            "refine_steps": config.params.refine_steps,
+            "initial_error": {**asdict(config.initial), "definition": InitialError.__doc__.split("\n\n")[0]},
+            "mtre_targets": TARGET_DEFINITION,
+            "fixed_landmark_checkpoint": str(config.fixed_landmark_checkpoint),
+            "rayemb_checkpoint": config.params.checkpoint or "shipped default",
+        },
+    }
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "benchmark.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    return report

@@ -1,0 +1,36 @@
+"""The training settings, ``TrainConfig``: the one source of the training defaults (the
+node's and the estimator's are :mod:`rayemb_ros.params`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from rayemb_ros.learning.model import EncoderConfig
+
+
+@dataclass
+class TrainConfig:
+    volume: str = "example"
+    steps: int = 20000
+    batch: int = 8
+    templates: int = 6  # per query, as the subspace dimension at training time
+    points: int = 48  # 3D points per query
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 300
+    tau: float = 0.05  # InfoNCE temperature on the [0, 1] similarity
+    seed: int = 0
+    landmark_pool: int = 4000
+    val_frames: int = 24
+    val_every: int = 500
+    ckpt_every: int = 250
+    device: str = "auto"
+    init: str = ""  # start from these weights (fine-tuning); "" = from scratch
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+def config_json(config: TrainConfig) -> dict:
+    """The settings as plain JSON (saved beside the weights)."""
+    d = asdict(config)
+    d["encoder"] = config.encoder.as_dict()
+    return d

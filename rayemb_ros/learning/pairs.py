@@ -1,0 +1,77 @@
+"""Training pairs: per sample a query DRR at a random clinical pose and detector, degraded into
+a realistic fluoroscopy frame (:mod:`rayemb_ros.imaging.fluoro`), and T clean template DRRs of
+the same CT at other poses, with the projections of 3D bone points that all of them see.
+Rendered on the fly with nanodrr (fast on CUDA; on the CPU it is the bottleneck).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from rayemb_ros.geometry.camera import Detector, project
+from rayemb_ros.geometry.poses import reference_detector, sample_detector, sample_poses
+from rayemb_ros.geometry.volume import load_volume, sample_landmarks
+from rayemb_ros.imaging.fluoro import apply_batch, sample_style
+from rayemb_ros.imaging.render import NanoRenderer
+from rayemb_ros.learning.config import TrainConfig
+
+
+@dataclass
+class Batch:
+    queries: torch.Tensor  # B 1 S S, degraded fluoroscopy
+    templates: torch.Tensor  # (B T) 1 S S, clean DRRs
+    uv_query: torch.Tensor  # B P 2
+    uv_templates: torch.Tensor  # (B T) P 2
+    valid: torch.Tensor  # B P
+
+
+class PairSampler:
+    """Renders training batches of one CT on one device."""
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self.volume = load_volume(config.volume)
+        self.renderer = NanoRenderer(self.volume, device)
+        self.pool = sample_landmarks(self.volume, config.landmark_pool, seed=config.seed)
+        size = config.encoder.image_size
+        self.template_detector = reference_detector(size, size)
+
+    def sample(self, rng: np.random.Generator) -> Batch:
+        c = self.config
+        b, t, p, s = c.batch, c.templates, c.points, c.encoder.image_size
+        center = self.volume.center
+        q_poses = sample_poses(rng, b, center)
+        q_dets = [sample_detector(rng, s, s) for _ in range(b)]
+        t_poses = sample_poses(rng, b * t, center)
+        points = self.pool[rng.choice(len(self.pool), size=(b, p))]  # B P 3
+
+        uv_q = np.stack([project(d.K, T, X) for d, T, X in zip(q_dets, q_poses, points)])
+        uv_t = project(self.template_detector.K, t_poses, np.repeat(points, t, axis=0))
+        margin = 2.0
+        inside = lambda uv: ((uv >= margin) & (uv <= s - 1 - margin)).all(-1)  # noqa: E731
+        # Points the query's collimator hides stay positives: the encoder places them from the
+        # anatomy around them, and dropping them made PnP worse (README, the default checkpoint).
+        valid = inside(uv_q) & inside(uv_t).reshape(b, t, p).all(1)
+
+        queries = self.render_queries(rng, q_poses, q_dets)
+        with torch.no_grad():  # clean templates, with the contrast the queries were drawn with
+            templates = self.renderer.render(torch.as_tensor(t_poses), self.template_detector)[:, None]
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        return Batch(queries, templates, as_t(uv_q), as_t(uv_t), torch.as_tensor(valid, device=self.device))
+
+    def render_queries(
+        self, rng: np.random.Generator, poses: Float[np.ndarray, "B 4 4"], detectors: list[Detector]
+    ) -> Float[torch.Tensor, "B 1 S S"]:
+        """Realistic fluoroscopy frames at the poses: DRRs degraded by a random acquisition style."""
+        # Vary the HU -> attenuation mapping so that bone/soft-tissue contrast is not learned
+        # as a constant (other renderers and real detectors differ).
+        self.renderer.subject.set_mu(mu_bone=float(rng.uniform(0.035, 0.09)))
+        with torch.no_grad():
+            clean = self.renderer.render(torch.as_tensor(poses), detectors)[:, None]
+            gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+            return apply_batch(clean, [sample_style(rng) for _ in detectors], gen)

@@ -1,0 +1,66 @@
+"""`rayemb benchmark` on a tiny run: every method on both sets, benchmark.json per the contract."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rayemb_ros import cli
+from rayemb_ros.evaluation.benchmark import METHODS, BenchmarkConfig, InitialError, mirrored_points, run_benchmark
+from rayemb_ros.geometry.camera import world_to_camera
+from rayemb_ros.params import Params
+
+
+def _strict(text: str) -> dict:
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_tiny_benchmark_writes_all_methods(coarse_ct, tmp_path, capsys):
+    ct = coarse_ct
+    small = Params(device="cpu", num_templates=12, templates_per_landmark=4, num_landmarks=60, num_keep=40,
+                   min_inliers=6, refine_steps=2)
+    config = BenchmarkConfig(out=tmp_path / "out", volume=str(ct), frames=2, width=64, intensity_steps=2,
+                             params=small, progress=False)
+    run_benchmark(config)
+    report = _strict((tmp_path / "out" / "benchmark.json").read_text())
+    assert report["device"] == "cpu" and report["frames"] == 2 and report["method_names"] == list(METHODS)
+    assert set(report["sets"]) == {"example", "example_mirrored"}
+    for result in [{"methods": report["methods"]}, *report["sets"].values()]:
+        assert list(result["methods"]) == list(METHODS)
+        for name, s in result["methods"].items():
+            assert s["available"], name
+            assert set(s["mtre_mm"]) == {"p25", "p50", "p95"} and set(s["gfr_percent"]) == {"10", "5"}
+            assert {"p50", "p95"} <= set(s["latency_ms"]) and s["latency_ms"]["p50"] > 0
+            assert 0.0 <= s["ok_fraction"] <= 1.0 and len(s["per_frame_mtre_mm"]) == 2
+    assert report["methods"]["intensity"]["ok_fraction"] == 1.0  # it always returns a pose
+    table = capsys.readouterr().out
+    assert all(name in table for name in METHODS) and "GFR@10" in table
+
+
+def test_initial_error_rotates_about_the_ct_centre():
+    T = np.eye(4)
+    center = np.array([0.0, 0.0, 800.0])
+    rng = np.random.default_rng(0)
+    assert np.allclose(InitialError(0.0, 0.0, 0.0).perturb(T, center, rng), T)
+    T0 = InitialError(rot_deg=5.0, inplane_mm=0.0, depth_mm=0.0).perturb(T, center, rng)
+    assert np.allclose(world_to_camera(T0, center[None]), center[None])  # the centre stays put
+    assert not np.allclose(T0[:3, :3], np.eye(3))
+
+
+def test_mirrored_points_follow_the_mirror(example_volume):
+    X = example_volume.voxels_to_ct(np.array([[10.0, 20.0, 30.0]]))
+    Xm = mirrored_points(example_volume, X)
+    i, j, k = np.round(example_volume.ct_to_voxels(Xm)[0]).astype(int)
+    assert (i, j, k) == (example_volume.shape[0] - 11, 20, 30)
+    assert example_volume.mirrored().hu[i, j, k] == example_volume.hu[10, 20, 30]
+
+
+def test_deepfluoro_errors_are_one_line(tmp_path: Path, capsys):
+    assert cli.main(["benchmark", "--out", str(tmp_path), "--dataset", "nosuch", "x.h5"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert cli.main(["benchmark", "--out", str(tmp_path), "--device", "cpu", "--dataset", "deepfluoro",
+                     str(tmp_path / "missing.h5")]) == 2
+    assert "rayemb benchmark: error:" in capsys.readouterr().err
