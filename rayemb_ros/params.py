@@ -53,8 +53,8 @@ class Params:
     max_reprojection_error_px: float = 2.75
     # Intensity-based refinement after PnP (gradient NCC through a differentiable renderer):
     # what makes the pose navigation-grade (median mTRE ~0.9 mm against ~8-15 mm from PnP
-    # alone, see the README), at ~1.4 s per frame on 2 CPU cores (~0.2 s on a GPU). Off =
-    # PnP poses and a depth search (below), ~0.1 s per frame, for tracking where a few
+    # alone, docs/results.md), at 1.23 s per frame on 2 CPU cores (`rayemb speed` p50). Off =
+    # PnP poses and a depth search (below), 90 ms per frame (`rayemb speed`), for tracking where a few
     # millimetres matter less.
     refine: bool = True
     # With refinement on, the inlier ratio a PnP pose needs for refinement to try it (the
@@ -64,7 +64,7 @@ class Params:
     refine_min_inlier_ratio: float = 0.15
     # A refined pose is published only if it explains the PnP inliers nearly as well as the
     # PnP pose did: its median residual (pixels per 256 px of width, after a best-fit scale
-    # about the principal point; estimator.landmark_residual_after_scale) may exceed PnP's
+    # about the principal point; trust.landmark_residual_after_scale) may exceed PnP's
     # by at most this. The increase, not the residual: the landmarks' own noise varies per
     # frame (PnP's residual 1.0-2.6 px), and an absolute bound of 3.3 px refused 13 % of
     # the right poses of a held-out bag. Set on 460 held-out frames (seeds 101-909): right
@@ -78,14 +78,15 @@ class Params:
     # 100-frame bags of seeds 505 and 707: right poses <= 4.4 mm, the one pose 22 mm off 6.7 mm.
     max_depth_check_mm: float = 5.0
     # Adam steps over refinement's two levels (70 % at 64 px, 30 % at 96 px), ~65 ms each on
-    # 2 CPU cores. Fewer trade accuracy for time (README: 4 steps, 0.5 s, median 2.3 mm); the
+    # 2 CPU cores. Fewer trade accuracy for time (docs/results.md, operating points: 4 steps, 0.5 s, median 2.3 mm); the
     # refined-pose gates were validated at 18, so fewer makes the poses tracking-grade
-    # (estimator.pose_grade).
+    # (trust.pose_grade).
     refine_steps: int = 18
-    # With refinement off: one magnification search (a DRR at the PnP pose, scaled; ~60 ms
-    # on 2 CPU cores) moves the PnP pose along the beam, the direction PnP on the encoder's
-    # landmarks gets wrong (README). Seed 101, 40 frames: median 15.0 -> 3.8 mm, GFR@10 60 ->
-    # 7.5 %. Off = landmarks and PnP alone. Refinement runs this search itself.
+    # With refinement off: one magnification search (a DRR at the PnP pose, scaled; 36 ms on
+    # 2 CPU cores, `rayemb speed`) moves the PnP pose along the beam, the direction PnP on the
+    # encoder's landmarks gets wrong (docs/depth.md). Seed 101, 40 frames, 400 candidates:
+    # median 15.0 -> 3.8 mm, GFR@10 60 -> 7.5 %. Off = landmarks and PnP alone. Refinement
+    # runs this search itself.
     depth_search: bool = True
     # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);
     # transmission: raw detector signal, the node takes -log.
@@ -95,8 +96,9 @@ class Params:
     source_frame: str = "carm_source"
     # Publish ~/overlay (the frame with the landmarks drawn).
     publish_overlay: bool = True
-    # Source-to-detector distance assumed when only K is known (mm); it scales the
-    # detector frustum drawn in RViz and nothing else.
+    # Source-to-detector distance assumed when only K is known (mm). It sets the detector of
+    # the DRRs that refinement and the depth search render (their magnification search turns
+    # a scale into a distance along the ray) and the detector frustum drawn in RViz.
     sdd_mm: float = 1020.0
 
     def validated(self) -> Params:

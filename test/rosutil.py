@@ -132,8 +132,11 @@ class Camera:
                            f"the node to count frame {stamp}")
             except GraphError:
                 continue
-            verdict = wait_until(lambda: (v := latest()) if frames_handled(v) > frames_handled(before) else None,
-                                 VERDICT_TIMEOUT_S, f"the node's verdict on frame {stamp}")
+            def handled() -> dict[str, str] | None:
+                values = latest()
+                return values if frames_handled(values) > frames_handled(before) else None
+
+            verdict = wait_until(handled, VERDICT_TIMEOUT_S, f"the node's verdict on frame {stamp}")
             lost_info = int(verdict["rejected"]) > int(before["rejected"]) and \
                 verdict["last_rejection"].startswith(NO_CAMERA_INFO)
             if K is not None and lost_info:

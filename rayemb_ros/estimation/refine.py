@@ -4,7 +4,7 @@ gradient normalised cross-correlation between the frame and a DRR rendered at th
 PnP on landmarks is weakest along the beam (depth changes only the magnification, so a
 landmark layout shrunk by 1 % reads as a CT 8 mm too far away); the DRR's match with the
 whole image pins it. Three choices make that work on real-looking frames (measured on
-held-out diffdrr frames with noise and collimation, see the README):
+held-out diffdrr frames with noise and collimation, docs/refinement.md):
 
 * **The collimated field only.** Outside the iris and shutters the frame is flat while a
   DRR shows anatomy; scored there, NCC pulls the pose towards whatever shrinks that

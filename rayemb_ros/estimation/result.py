@@ -62,7 +62,7 @@ class Estimate:
 class PoseGrade:
     """What the published poses are good for, at the estimator's settings. Navigation-grade:
     the settings whose trust gates were validated on held-out frames (the shipped weights,
-    full refinement, every gate at least as strict as its default; README "Status").
+    full refinement, every gate at least as strict as its default; docs/results.md).
     Tracking-grade: anything else, with why. Every pose still passes the configured gates,
     but off the validated settings those gates have let poses > 10 mm off through."""
 

@@ -74,7 +74,7 @@ def refined_distrust(refined: Refinement, T_pnp: Float[np.ndarray, "4 4"], K: Fl
 
 
 # The trust gates, each with the sign of the change that loosens it. They were validated at
-# Params' defaults: no pose > 10 mm off published in 460 held-out frames (README "Status").
+# Params' defaults: no pose > 10 mm off published in 460 held-out frames (docs/results.md).
 _LOOSENED_BY = {
     "min_inliers": -1, "min_inlier_ratio": -1, "refine_min_inlier_ratio": -1, "ransac_threshold_px": +1,
     "max_reprojection_error_px": +1, "max_residual_increase_px": +1, "max_depth_check_mm": +1,

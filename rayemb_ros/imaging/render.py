@@ -1,7 +1,7 @@
 """DRR rendering: nanodrr for everything hot, diffdrr as the independent renderer.
 
 Both return attenuation line integrals (sum of mu * length along each ray; brighter = more
-attenuation), H x W per pose, in the conventions of :mod:`rayemb_ros.camera`.
+attenuation), H x W per pose, in the conventions of :mod:`rayemb_ros.geometry.camera`.
 
 * :class:`NanoRenderer` (nanodrr; differentiable in the pose; fused kernels on CUDA) renders
   training pairs, template banks and the refinement's DRRs.

@@ -2,7 +2,7 @@
 
 Reads ``ipcai_2020_full_res_data.h5`` and returns each specimen's CT as a :class:`Volume`
 in its own RAS+ world (``ct``), and each fluoroscopy frame as an attenuation image with
-its ``K`` and ``T_ct_source`` in the conventions of ``camera.py`` (../shared/CONTRACT.md).
+its ``K`` and ``T_ct_source`` in the conventions of ``geometry/camera.py`` (../shared/CONTRACT.md).
 
 What the file stores, and where each convention comes from
 -----------------------------------------------------------

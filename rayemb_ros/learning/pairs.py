@@ -55,7 +55,7 @@ class PairSampler:
         margin = 2.0
         inside = lambda uv: ((uv >= margin) & (uv <= s - 1 - margin)).all(-1)  # noqa: E731
         # Points the query's collimator hides stay positives: the encoder places them from the
-        # anatomy around them, and dropping them made PnP worse (README, the default checkpoint).
+        # anatomy around them, and dropping them made PnP worse (docs/training.md).
         valid = inside(uv_q) & inside(uv_t).reshape(b, t, p).all(1)
 
         queries = self.render_queries(rng, q_poses, q_dets)

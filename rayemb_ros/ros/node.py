@@ -1,4 +1,4 @@
-"""rayemb_node: the ROS 2 shell around ``rayemb_ros.runner.Runner``.
+"""rayemb_node: the ROS 2 shell around ``rayemb_ros.estimation.runner.Runner``.
 
 It translates messages to the core's types and back, and nothing else: pairing frames with
 intrinsics, dropping stale frames, serialising loads and estimates and keeping the health

@@ -128,6 +128,17 @@ def test_frames_before_a_volume_or_camera_info_are_counted(setup):
     assert all(h.pose_grade is estimator.pose_grade for h, _ in events)  # the estimator's, on every report
 
 
+def late_camera_info(runner: Runner, results: list, stamp: int) -> float:
+    """Submit a frame whose CameraInfo is sent only once the worker holds the frame for it;
+    the fx of the K the frame was estimated with (the CameraInfo's is ``stamp``)."""
+    count = len(results)
+    runner.submit(frame(stamp, stamp_ns=stamp))
+    wait_until(lambda: runner.waiting_for_camera_info == stamp, 5, f"the worker to wait for stamp {stamp}")
+    runner.camera_info(stamp, np.diag([float(stamp), float(stamp), 1.0]), 0, 0)
+    wait_until(lambda: len(results) > count, 5, "a result")
+    return results[-1].K[0, 0]
+
+
 def test_an_image_waits_for_its_camera_info(tmp_path):
     """Before any pairing, a frame waits ``unpaired_s`` for the CameraInfo with its stamp (as
     image_transport sends the image first), and takes it when it comes."""
@@ -135,11 +146,7 @@ def test_an_image_waits_for_its_camera_info(tmp_path):
     try:
         runner.load_volume("example")
         runner.camera_info(10, np.diag([10.0, 10.0, 1.0]), 0, 0)
-        runner.submit(frame(1, stamp_ns=20))
-        wait_until(lambda: runner.waiting_for_camera_info == 20, 5, "the worker to wait for stamp 20")
-        runner.camera_info(20, np.diag([20.0, 20.0, 1.0]), 0, 0)
-        wait_until(lambda: results, 5, "a result")
-        assert results[0].K[0, 0] == 20
+        assert late_camera_info(runner, results, 20) == 20
     finally:
         runner.close()
 
@@ -161,10 +168,7 @@ def test_an_image_waits_once_camera_infos_come_one_per_image(patient):
     runner.camera_info(10, np.diag([10.0, 10.0, 1.0]), 0, 0)
     runner.submit(frame(1, stamp_ns=10))
     wait_until(lambda: results, 5, "a result")
-    runner.submit(frame(2, stamp_ns=20))
-    wait_until(lambda: runner.waiting_for_camera_info == 20, 5, "the worker to wait for stamp 20")
-    runner.camera_info(20, np.diag([20.0, 20.0, 1.0]), 0, 0)
-    wait_until(lambda: len(results) == 2, 5, "a second result")
+    assert late_camera_info(runner, results, 20) == 20
     assert [r.K[0, 0] for r in results] == [10, 20]
 
 
@@ -238,10 +242,7 @@ def test_a_late_camera_info_is_waited_for_after_a_refusal(patient):
     runner.camera_info(30, np.diag([30.0, 30.0, 1.0]), 0, 0)
     runner.submit(frame(20, stamp_ns=20))  # older than the newest CameraInfo: no wait, its own is lost
     wait_until(lambda: runner.health.rejected == 1, 5, "a rejection")
-    runner.submit(frame(40, stamp_ns=40))
-    wait_until(lambda: runner.waiting_for_camera_info == 40, 5, "the worker to wait for stamp 40")
-    runner.camera_info(40, np.diag([40.0, 40.0, 1.0]), 0, 0)
-    wait_until(lambda: len(results) == 2, 5, "a second result")
+    assert late_camera_info(runner, results, 40) == 40
     assert [r.K[0, 0] for r in results] == [10, 40]
 
 

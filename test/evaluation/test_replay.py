@@ -80,6 +80,9 @@ def test_mcap_bag_with_ground_truth(tmp_path, frames, example_volume, capsys):
     assert metrics["per_frame_mtre_mm"] == pytest.approx([e if math.isfinite(e) else None for e in errors])
     assert metrics["gfr_percent"]["10"] == pytest.approx(gfr(errors, 10.0)) and metrics["gfr_percent"]["10"] >= 25
     assert "trust" in metrics and metrics["target_points"]["count"] == len(points)
+    # every good frame posed, each within 3 mm (0.7-1.4 mm when this was written): a replay
+    # that refuses everything, or poses 30 mm off, fails here
+    assert metrics["frames_posed"] == 3 and max(e for e in errors if math.isfinite(e)) <= 3.0, errors
     assert metrics["pose_grade"] == {"grade": "navigation", "reasons": []}
 
     assert figures_of(out / "report.html") == {"frame.png", "heatmaps.png", "poses_3d.png", "errors.png"}
