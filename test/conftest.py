@@ -28,3 +28,11 @@ def coarse_ct(example_volume, tmp_path_factory):
     affine = example_volume.affine @ np.diag([4.0, 4.0, 2.0, 1.0])
     nibabel.save(nibabel.Nifti1Image(example_volume.hu[::4, ::4, ::2], affine), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def beads(example_volume):
+    """The bundled CT with dense beads added, and the beads' centres (mm, ``ct``)."""
+    from beads import with_beads
+
+    return with_beads(example_volume)

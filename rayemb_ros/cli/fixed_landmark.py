@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     d = TrainConfig()
     parser = argparse.ArgumentParser(description="Train the fixed-landmark heatmap baseline on the bundled CT.")
     parser.add_argument("--out", required=True, type=Path, help="where to write the weights (.pt)")
-    parser.add_argument("--volume", default=d.volume, help="the bundled CT ('example') or a copy in its world frame")
+    parser.add_argument("--volume", default=d.volumes[0], help="the bundled CT ('example') or a copy in its world frame")
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=d.lr)
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     config = TrainConfig(
-        volume=args.volume, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device,
+        volumes=(args.volume,), steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, device=args.device,
         landmark_pool=len(LANDMARKS),  # PairSampler's random-point pool is not used here
         encoder=EncoderConfig(embed_dim=len(LANDMARKS), image_size=args.image_size),
     )

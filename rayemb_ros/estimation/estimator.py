@@ -13,7 +13,6 @@ No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call th
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import numpy as np
@@ -29,7 +28,7 @@ from rayemb_ros.geometry.pnp import solve_pnp
 from rayemb_ros.geometry.volume import Volume, load_volume
 from rayemb_ros.imaging.render import import_renderer
 from rayemb_ros.io.cache import cached_arrays
-from rayemb_ros.learning.checkpoint import load_encoder
+from rayemb_ros.learning.checkpoint import load_encoder, weights_digest
 from rayemb_ros.learning.device import pick_device
 from rayemb_ros.learning.subspace import coarse_to_fine_peaks
 from rayemb_ros.params import Params
@@ -42,9 +41,7 @@ class Estimator:
         self.device = pick_device(params.device)
         self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
         # Identifies the weights for the scene cache (state, not file name).
-        self._weights_id = hashlib.sha256(
-            b"".join(v.detach().cpu().numpy().tobytes() for v in self.encoder.state_dict().values())
-        ).hexdigest()[:16]
+        self._weights_id = weights_digest(self.encoder)
         self.image_size = self.encoder.config.image_size
         # NHWC: oneDNN's convolutions run this network ~20 % faster on a CPU (128 px, 2
         # threads), and the embeddings agree with NCHW's to 4e-6.

@@ -122,19 +122,12 @@ def simulated_frames(
     return list(z["images"]), z["K"], z["T_gt"]
 
 
-def mirrored_points(volume: Volume, points_ct: Float[np.ndarray, "N 3"]) -> Float[np.ndarray, "N 3"]:
-    """Where CT points of ``volume`` lie in ``volume.mirrored()`` (first voxel axis flipped)."""
-    ijk = volume.ct_to_voxels(points_ct)
-    ijk[:, 0] = volume.shape[0] - 1 - ijk[:, 0]
-    return volume.voxels_to_ct(ijk)
-
-
 def simulated_sets(config: BenchmarkConfig, landmarks_ct: Float[np.ndarray, "14 3"]) -> Iterator[TestSet]:
     volume = load_volume(config.volume)
     what = "the bundled CT" if config.volume == "example" else config.volume
     for name, vol, seed, points, description in (
         ("example", volume, config.seed, landmarks_ct, f"{what} (the training CT; unseen poses and noise)"),
-        ("example_mirrored", volume.mirrored(), config.seed + 1000, mirrored_points(volume, landmarks_ct),
+        ("example_mirrored", volume.mirrored(), config.seed + 1000, volume.mirror_points(landmarks_ct),
          f"{what} mirrored left-right (an anatomy never seen in training)"),
     ):
         images, K, T_gt = simulated_frames(vol, config.frames, seed, config.width)

@@ -68,7 +68,7 @@ def measure(volume_path: str, device: str, frames: int) -> dict:
         else:
             os.environ["RAYEMB_CACHE"] = previous
 
-    config = TrainConfig(volume=volume_path, device=str(dev))
+    config = TrainConfig(volumes=(volume_path,), device=str(dev))
     sampler = PairSampler(config, dev)
     rng = np.random.default_rng(0)
     sampler.sample(rng)  # warm-up (kernels, caches)

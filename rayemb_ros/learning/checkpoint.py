@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from rayemb_ros.learning.model import Encoder, EncoderConfig
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINTS / "rayemb_example.pt"
 FIXED_LANDMARK_CHECKPOINT = CHECKPOINTS / "fixed_landmark_example.pt"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Identifies a model's weights by their values (not a file name): 16 hex digits."""
+    values = b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values())
+    return hashlib.sha256(values).hexdigest()[:16]
 
 
 class CheckpointError(ValueError):

@@ -10,7 +10,17 @@ from rayemb_ros.learning.model import EncoderConfig
 
 @dataclass
 class TrainConfig:
-    volume: str = "example"
+    # The training CTs (files, DICOM folders, 'example'); every batch draws one of them.
+    volumes: tuple[str, ...] = ("example",)
+    # CTs held out of training, validated on one by one (none: the training CTs, other poses).
+    val_volumes: tuple[str, ...] = ()
+    # Every batch a new patient made from its CT (imaging.anatomy; never mirrored).
+    anatomy: bool = False
+    # Train on the slices above this height (mm, the CTs' world z) only: the region below is
+    # held out, for testing on anatomy the encoder never saw. None: the whole CT.
+    holdout_below_mm: float | None = None
+    # Prepared CTs (volume, landmark pool, renderer) kept at once; more CTs are loaded again.
+    max_cached_volumes: int = 4
     steps: int = 20000
     batch: int = 8
     templates: int = 6  # per query, as the subspace dimension at training time

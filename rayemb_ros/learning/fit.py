@@ -18,14 +18,16 @@ def fit(
     config: TrainConfig,
     out: Path,
     step_loss: Callable[[int], torch.Tensor],
-    validate: Callable[[], float],
+    validate: Callable[[], tuple[float, dict[str, float]]],
     progress: bool = True,
+    writes: bool = True,
 ) -> dict:
     """The resumable training loop: AdamW with warm-up and cosine decay on ``step_loss(step)``,
-    ``validate()`` (a median pixel error) every ``val_every`` steps, the training state saved
-    beside ``out`` every ``ckpt_every`` steps and picked up again by the same call. Uses
+    ``validate()`` (a median pixel error, overall and per validation CT) every ``val_every``
+    steps, the training state saved beside ``out`` every ``ckpt_every`` steps (by the process
+    that ``writes``: one of data-parallel ranks) and picked up again by the same call. Uses
     ``config``'s steps, lr, weight_decay, warmup, val_every and ckpt_every; returns the summary
-    (``val_px_median``, ``steps``, ``history``) with the model in eval mode."""
+    (``val_px_median``, ``val_px_per_volume``, ``steps``, ``history``) with the model in eval mode."""
     from tqdm import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -36,7 +38,8 @@ def fit(
         return 0.5 * (1 + math.cos(math.pi * (step - config.warmup) / max(1, config.steps - config.warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if writes:
+        out.parent.mkdir(parents=True, exist_ok=True)
     state_path = out.with_name(out.name + ".train-state.pt")
     step, history = 0, []
     if state_path.exists():
@@ -57,6 +60,7 @@ def fit(
     started = time.time()
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
     val_px = history[-1]["val_px"] if history else float("nan")
+    per_volume = history[-1].get("val_px_per_volume", {}) if history else {}
     while step < config.steps:
         model.train()
         loss = step_loss(step)
@@ -69,12 +73,13 @@ def fit(
         if step % config.val_every == 0 or step == config.steps:
             model.eval()
             with torch.no_grad():
-                val_px = validate()
-            history.append({"step": step, "loss": loss.item(), "val_px": val_px, "seconds": time.time() - started})
-        if step % config.ckpt_every == 0 or step == config.steps:
+                val_px, per_volume = validate()
+            history.append({"step": step, "loss": loss.item(), "val_px": val_px, "val_px_per_volume": per_volume,
+                            "seconds": time.time() - started})
+        if writes and (step % config.ckpt_every == 0 or step == config.steps):
             save_state()
         bar.set_postfix(loss=f"{loss.item():.3f}", val_px=f"{val_px:.2f}")
         bar.update(1)
     bar.close()
     model.eval()
-    return {"val_px_median": val_px, "steps": step, "history": history}
+    return {"val_px_median": val_px, "val_px_per_volume": per_volume, "steps": step, "history": history}

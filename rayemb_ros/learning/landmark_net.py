@@ -128,7 +128,7 @@ def localisation_error(net: HeatmapNet, batches: list[HeatmapBatch]) -> float:
 
 
 def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
-    """Train (or resume) on ``config.volume`` (the bundled CT, or a copy in its world frame:
+    """Train (or resume) on ``config.volumes[0]`` (the bundled CT, or a copy in its world frame:
     the landmarks come from its label map) and write the weights to ``out``."""
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
@@ -144,7 +144,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         batch = sampler.sample(np.random.default_rng([config.seed, step]))
         return heatmap_loss(*net(batch.images), batch)
 
-    summary = fit(net, config, out, step_loss, lambda: localisation_error(net, val), progress)
+    summary = fit(net, config, out, step_loss, lambda: (localisation_error(net, val), {}), progress)
     landmarks = {"names": list(LANDMARKS), "points_ct_mm": points.tolist()}
     save_weights(out, net.cpu(), {"landmarks": landmarks, "train": config_json(config), "metrics": summary})
     return summary

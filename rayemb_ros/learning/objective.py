@@ -47,10 +47,3 @@ def peak_errors(
     b, p, h, w = maps.shape
     peaks, _ = subpixel_peaks(maps.reshape(b * p, h, w))
     return (peaks.reshape(b, p, 2) - uv).norm(dim=-1)[valid].cpu()
-
-
-@torch.no_grad()
-def localisation_error(encoder: Encoder, batches: list[Batch], templates_per_query: int) -> float:
-    """Median distance (px) between the best-scoring pixel and the true projection."""
-    errors = [peak_errors(batch_similarity(encoder, b, templates_per_query), b.uv_query, b.valid) for b in batches]
-    return float(torch.cat(errors).median())

@@ -6,6 +6,7 @@ Rendered on the fly with nanodrr (fast on CUDA; on the CPU it is the bottleneck)
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,8 @@ from jaxtyping import Float
 
 from rayemb_ros.geometry.camera import Detector, project
 from rayemb_ros.geometry.poses import reference_detector, sample_detector, sample_poses
-from rayemb_ros.geometry.volume import load_volume, sample_landmarks
+from rayemb_ros.geometry.volume import Volume, load_volume, sample_landmarks
+from rayemb_ros.imaging.anatomy import make_variant
 from rayemb_ros.imaging.fluoro import apply_batch, sample_style
 from rayemb_ros.imaging.render import NanoRenderer
 from rayemb_ros.learning.config import TrainConfig
@@ -30,14 +32,16 @@ class Batch:
 
 
 class PairSampler:
-    """Renders training batches of one CT on one device."""
+    """Renders training batches of one CT on one device. ``volume`` (default: the config's
+    first CT) and its landmark ``pool`` (mm, ``ct``; default: sampled in its bone)."""
 
-    def __init__(self, config: TrainConfig, device: torch.device):
+    def __init__(self, config: TrainConfig, device: torch.device, volume: Volume | None = None,
+                 pool: Float[np.ndarray, "N 3"] | None = None):
         self.config = config
         self.device = device
-        self.volume = load_volume(config.volume)
+        self.volume = volume if volume is not None else load_volume(config.volumes[0])
         self.renderer = NanoRenderer(self.volume, device)
-        self.pool = sample_landmarks(self.volume, config.landmark_pool, seed=config.seed)
+        self.pool = pool if pool is not None else sample_landmarks(self.volume, config.landmark_pool, seed=config.seed)
         size = config.encoder.image_size
         self.template_detector = reference_detector(size, size)
 
@@ -75,3 +79,54 @@ class PairSampler:
             clean = self.renderer.render(torch.as_tensor(poses), detectors)[:, None]
             gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
             return apply_batch(clean, [sample_style(rng) for _ in detectors], gen)
+
+
+def batch_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
+    """The randomness of one training batch: from (seed, step) alone, so that a resumed run
+    draws what an uninterrupted one would, and from the rank too, so that data-parallel ranks
+    draw different batches (rank 0 draws what a single process draws)."""
+    return np.random.default_rng([seed, step] if rank == 0 else [seed, step, rank])
+
+
+class PatientPool:
+    """The training CTs: every batch draws one (seeded by seed, step and rank) and, with
+    ``config.anatomy``, makes a new patient from it (:mod:`rayemb_ros.imaging.anatomy`; never
+    mirrored). Each CT keeps its volume, landmark pool and renderer, for at most
+    ``config.max_cached_volumes`` CTs at once (least recently used first out)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, volumes: tuple[str, ...] | None = None):
+        self.config = config
+        self.device = device
+        self.volumes = tuple(volumes if volumes is not None else config.volumes)
+        if not self.volumes:
+            raise ValueError("no training CT")
+        self._samplers: OrderedDict[str, PairSampler] = OrderedDict()
+
+    @property
+    def cached(self) -> int:
+        """How many CTs are prepared now."""
+        return len(self._samplers)
+
+    def sampler(self, spec: str) -> PairSampler:
+        """The prepared CT ``spec`` (loaded and sampled again when it fell out of the cache)."""
+        if spec in self._samplers:
+            self._samplers.move_to_end(spec)
+            return self._samplers[spec]
+        volume = load_volume(spec)
+        if self.config.holdout_below_mm is not None:
+            volume = volume.above(self.config.holdout_below_mm)
+        sampler = PairSampler(self.config, self.device, volume)
+        self._samplers[spec] = sampler
+        while len(self._samplers) > max(1, self.config.max_cached_volumes):
+            self._samplers.popitem(last=False)
+        return sampler
+
+    def batch(self, rng: np.random.Generator) -> Batch:
+        """One batch: a CT (drawn only when there are several, so that one CT's batches are
+        those of a single-CT run), a new patient from it with anatomy on, and its pairs."""
+        spec = self.volumes[int(rng.integers(len(self.volumes)))] if len(self.volumes) > 1 else self.volumes[0]
+        sampler = self.sampler(spec)
+        if self.config.anatomy:
+            variant = make_variant(sampler.volume, int(rng.integers(2**31)))
+            sampler = PairSampler(self.config, self.device, variant.volume, variant.carry(sampler.pool))
+        return sampler.sample(rng)

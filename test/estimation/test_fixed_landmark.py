@@ -28,7 +28,7 @@ def test_landmarks_are_14_distinct_bone_centroids_inside_the_ct(example_volume):
 def test_short_training_lowers_the_loss(coarse_ct, tmp_path):
     ct = coarse_ct
     config = TrainConfig(
-        volume=str(ct), steps=30, batch=2, lr=3e-3, warmup=1, landmark_pool=14, val_frames=2, val_every=30,
+        volumes=(str(ct),), steps=30, batch=2, lr=3e-3, warmup=1, landmark_pool=14, val_frames=2, val_every=30,
         ckpt_every=30, device="cpu", encoder=EncoderConfig(embed_dim=14, widths=(8, 16, 16, 16), image_size=48),
     )
     sampler = LandmarkSampler(config, structure_centroids(), torch.device("cpu"))

@@ -7,7 +7,7 @@ import numpy as np
 
 from rayemb_ros import cli
 from rayemb_ros.cli.benchmark import print_table
-from rayemb_ros.evaluation.benchmark import METHODS, BenchmarkConfig, InitialError, mirrored_points, run_benchmark
+from rayemb_ros.evaluation.benchmark import METHODS, BenchmarkConfig, InitialError, run_benchmark
 from rayemb_ros.geometry.camera import world_to_camera
 from rayemb_ros.params import Params
 
@@ -59,7 +59,7 @@ def test_initial_error_rotates_about_the_ct_centre():
 
 def test_mirrored_points_follow_the_mirror(example_volume):
     X = example_volume.voxels_to_ct(np.array([[10.0, 20.0, 30.0]]))
-    Xm = mirrored_points(example_volume, X)
+    Xm = example_volume.mirror_points(X)
     i, j, k = np.round(example_volume.ct_to_voxels(Xm)[0]).astype(int)
     assert (i, j, k) == (example_volume.shape[0] - 11, 20, 30)
     assert example_volume.mirrored().hu[i, j, k] == example_volume.hu[10, 20, 30]

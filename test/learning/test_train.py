@@ -1,21 +1,30 @@
-"""A short training run on a coarse copy of the bundled CT lowers the InfoNCE loss, writes
-loadable weights and resumes."""
+"""Training on tiny budgets: a short run on a coarse copy of the bundled CT lowers the InfoNCE
+loss, writes loadable weights and resumes; several CTs are drawn batch by batch with a bounded
+cache, a new patient per batch, validation per held-out CT, and two data-parallel processes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from rayemb_ros.learning.checkpoint import load_encoder
-from rayemb_ros.learning.model import Encoder, EncoderConfig
+from rayemb_ros.geometry.volume import find_volumes
+from rayemb_ros.learning.checkpoint import load_encoder, weights_digest
 from rayemb_ros.learning.config import TrainConfig
+from rayemb_ros.learning.model import Encoder, EncoderConfig
 from rayemb_ros.learning.objective import batch_similarity, infonce_loss
-from rayemb_ros.learning.pairs import PairSampler
+from rayemb_ros.learning.pairs import PairSampler, PatientPool, batch_rng
 from rayemb_ros.learning.train import train
 
 
 def test_short_training_lowers_the_loss(coarse_ct, tmp_path):
     ct = coarse_ct
     config = TrainConfig(
-        volume=str(ct), steps=30, batch=2, templates=3, points=24, lr=3e-3, warmup=1, landmark_pool=300,
+        volumes=(str(ct),), steps=30, batch=2, templates=3, points=24, lr=3e-3, warmup=1, landmark_pool=300,
         val_frames=2, val_every=30, ckpt_every=15, device="cpu",
         encoder=EncoderConfig(widths=(8, 16, 16, 16), image_size=48),
     )
@@ -37,3 +46,89 @@ def test_short_training_lowers_the_loss(coarse_ct, tmp_path):
     assert (tmp_path / "w.pt.json").exists()
     # Resuming a finished run does nothing more and keeps the result.
     assert train(config, out, progress=False)["steps"] == 30
+
+
+TINY = dict(batch=2, templates=3, points=16, landmark_pool=200, val_frames=2, device="cpu",
+            encoder=EncoderConfig(widths=(8, 16, 16, 16), image_size=48))
+
+
+@pytest.fixture(scope="module")
+def three_cts(coarse_ct, tmp_path_factory):
+    """Three training CTs: the coarse bundled CT under three names (the pool keys CTs by spec)."""
+    folder = tmp_path_factory.mktemp("cts")
+    for name in ("a", "b", "c"):
+        shutil.copy(coarse_ct, folder / f"{name}.nii.gz")
+    return folder
+
+
+def test_every_batch_draws_a_ct_and_the_cache_stays_bounded(three_cts):
+    specs = tuple(find_volumes(three_cts))
+    assert [Path(s).name for s in specs] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    pool = PatientPool(TrainConfig(volumes=specs, max_cached_volumes=2, **TINY), torch.device("cpu"))
+    drawn, cached = set(), []
+    for step in range(16):
+        rng = batch_rng(0, step)
+        drawn.add(specs[int(np.random.default_rng([0, step]).integers(len(specs)))])
+        pool.batch(rng)
+        cached.append(pool.cached)
+    assert drawn == set(specs) and max(cached) == 2  # more CTs than the bound: loaded again, never kept
+
+
+def test_a_new_patient_per_batch_keeps_the_landmarks_on_the_anatomy(coarse_ct):
+    """With anatomy on, each batch's CT is a variant, its landmarks carried into it: they
+    still project where the query shows the same bone (their pixels stay valid)."""
+    config = TrainConfig(volumes=(str(coarse_ct),), anatomy=True, **TINY)
+    pool = PatientPool(config, torch.device("cpu"))
+    a, b = pool.batch(batch_rng(0, 1)), pool.batch(batch_rng(0, 2))
+    assert a.valid.any() and b.valid.any()
+    assert not torch.equal(a.queries, b.queries)
+    assert pool.cached == 1  # the source CT; variants are made per batch, not kept
+
+
+def test_validation_on_held_out_cts_is_reported_per_ct(three_cts, tmp_path):
+    specs = find_volumes(three_cts)
+    config = TrainConfig(volumes=(specs[0],), val_volumes=tuple(specs[1:]), steps=2, val_every=2, ckpt_every=2, **TINY)
+    summary = train(config, tmp_path / "w.pt", progress=False)
+    assert set(summary["val_px_per_volume"]) == set(specs[1:])
+    assert all(np.isfinite(v) for v in summary["val_px_per_volume"].values())
+    assert load_encoder(tmp_path / "w.pt")[1]["metrics"]["val_px_per_volume"] == summary["val_px_per_volume"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_data_parallel_and_resume(coarse_ct, tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks end with the same weights and one
+    validation number, one checkpoint is written (it loads like a single-process one), and a
+    second run with more steps continues where the first stopped."""
+    out = tmp_path / "ddp.pt"
+    said = tmp_path.parent / f"{tmp_path.name}_ranks"  # what each rank reports (its own file: no interleaving)
+    said.mkdir()
+
+    def torchrun(steps: int) -> dict[str, tuple[str, str]]:
+        code = (
+            "import os, torch\n"
+            "from pathlib import Path\n"
+            "from rayemb_ros.learning.config import TrainConfig\n"
+            "from rayemb_ros.learning.model import EncoderConfig\n"
+            "from rayemb_ros.learning.train import train\n"
+            "torch.set_num_threads(1)\n"
+            f"config = TrainConfig(volumes=({str(coarse_ct)!r},), steps={steps}, val_every=3, ckpt_every=3, batch=2,"
+            " templates=3, points=16, landmark_pool=200, val_frames=4, device='cpu',"
+            " encoder=EncoderConfig(widths=(8, 16, 16, 16), image_size=48))\n"
+            f"summary = train(config, Path({str(out)!r}), progress=False)\n"
+            f"Path({str(said)!r}, 'rank' + os.environ['RANK']).write_text(f\"{{summary['weights']}} {{summary['val_px_median']}}\")\n"
+        )
+        done = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
+                               "--no-python", sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {p.name[4:]: tuple(p.read_text().split()) for p in said.iterdir()}
+
+    first = torchrun(3)
+    assert set(first) == {"0", "1"} and first["0"] == first["1"]  # same weights, same gathered validation
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.pt", "ddp.pt.json", "ddp.pt.train-state.pt"]
+    encoder, meta = load_encoder(out)
+    assert meta["metrics"]["weights"] == first["0"][0] == weights_digest(encoder)
+    second = torchrun(6)
+    assert second["0"] == second["1"] and second["0"][0] != first["0"][0]
+    history = load_encoder(out)[1]["metrics"]["history"]
+    assert [h["step"] for h in history] == [3, 6]  # resumed at step 3, not started again
