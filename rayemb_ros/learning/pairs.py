@@ -6,7 +6,10 @@ Rendered on the fly with nanodrr (fast on CUDA; on the CPU it is the bottleneck)
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,3 +133,32 @@ class PatientPool:
             variant = make_variant(sampler.volume, int(rng.integers(2**31)))
             sampler = PairSampler(self.config, self.device, variant.volume, variant.carry(sampler.pool))
         return sampler.sample(rng)
+
+
+class Prefetch:
+    """Batches made ahead on a background thread, in step order: on a GPU the rendering of the
+    next batches overlaps the training step. ``make(step)`` must depend on the step alone (as
+    ``batch_rng`` makes it), so prefetched batches are those made on demand, and its renderers
+    belong to the prefetching thread from then on (a renderer's contrast is per call state)."""
+
+    def __init__(self, make: Callable[[int], Batch], steps: int, depth: int = 2):
+        self._make, self._steps, self._depth = make, steps, depth
+        self._queue: queue.Queue | None = None
+
+    def __call__(self, step: int) -> Batch:
+        if self._queue is None:  # first call: start at the (resumed) step
+            self._queue = queue.Queue(maxsize=self._depth)
+            threading.Thread(target=self._fill, args=(step,), name="rayemb-prefetch", daemon=True).start()
+        made, batch = self._queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        assert made == step, f"prefetched step {made}, asked for {step}"
+        return batch
+
+    def _fill(self, first: int) -> None:
+        for step in range(first, self._steps):
+            try:
+                self._queue.put((step, self._make(step)))
+            except BaseException as exc:  # reported to the training loop on its next batch
+                self._queue.put((step, exc))
+                return

@@ -23,7 +23,7 @@ from rayemb_ros.learning.distributed import Ranks
 from rayemb_ros.learning.fit import fit
 from rayemb_ros.learning.model import Encoder
 from rayemb_ros.learning.objective import batch_loss, batch_similarity, peak_errors
-from rayemb_ros.learning.pairs import Batch, PairSampler, PatientPool, batch_rng
+from rayemb_ros.learning.pairs import Batch, PairSampler, PatientPool, Prefetch, batch_rng
 
 
 class Validation:
@@ -68,8 +68,14 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         validation = Validation(config, device, ranks, pool)
         model = distributed.wrap(encoder, ranks, device)
 
+        def make(step: int) -> Batch:
+            return pool.batch(batch_rng(config.seed, step, ranks.rank))
+
+        # On a GPU the next batches render while a step trains; on the CPU both want the cores.
+        batch_for = Prefetch(make, config.steps) if device.type == "cuda" else make
+
         def step_loss(step: int) -> torch.Tensor:
-            return batch_loss(model, pool.batch(batch_rng(config.seed, step, ranks.rank)), config)
+            return batch_loss(model, batch_for(step), config)
 
         summary = fit(encoder, config, out, step_loss, lambda: validation(encoder), progress and ranks.main, ranks.main)
         summary["weights"] = weights_digest(encoder)  # the same on every rank: DDP keeps them in step

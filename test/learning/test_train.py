@@ -17,7 +17,7 @@ from rayemb_ros.learning.checkpoint import load_encoder, weights_digest
 from rayemb_ros.learning.config import TrainConfig
 from rayemb_ros.learning.model import Encoder, EncoderConfig
 from rayemb_ros.learning.objective import batch_similarity, infonce_loss
-from rayemb_ros.learning.pairs import PairSampler, PatientPool, batch_rng
+from rayemb_ros.learning.pairs import PairSampler, PatientPool, Prefetch, batch_rng
 from rayemb_ros.learning.train import train
 
 
@@ -132,3 +132,13 @@ def test_two_processes_train_data_parallel_and_resume(coarse_ct, tmp_path):
     assert second["0"] == second["1"] and second["0"][0] != first["0"][0]
     history = load_encoder(out)[1]["metrics"]["history"]
     assert [h["step"] for h in history] == [3, 6]  # resumed at step 3, not started again
+
+
+def test_prefetched_batches_are_those_made_on_demand(coarse_ct):
+    config = TrainConfig(volumes=(str(coarse_ct),), **TINY)
+    # two pools: a renderer belongs to one thread (the training loop only consumes batches)
+    ahead_pool, pool = PatientPool(config, torch.device("cpu")), PatientPool(config, torch.device("cpu"))
+    prefetch = Prefetch(lambda step: ahead_pool.batch(batch_rng(0, step)), steps=6)
+    for step in (3, 4, 5):  # started at a resumed step
+        ahead, now = prefetch(step), pool.batch(batch_rng(0, step))
+        assert torch.equal(ahead.queries, now.queries) and torch.equal(ahead.uv_query, now.uv_query)
