@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("rayemb_ros.cli.simulate", "render a simulated fluoroscopy bag from a CT"),
     "train": ("rayemb_ros.cli.train", "train the ray-embedding encoder on a CT"),
     "anatomy": ("rayemb_ros.cli.anatomy", "make a new patient from a CT: deformed, resized, turned, cropped, with metal"),
+    "prepare": ("rayemb_ros.cli.prepare", "prepare a patient's CT before surgery: scene, optional fine-tune, self-check"),
     "replay": ("rayemb_ros.cli.replay", "register every frame of a bag and evaluate"),
     "benchmark": ("rayemb_ros.cli.benchmark", "compare the registration methods on simulated frames"),
     "speed": ("rayemb_ros.cli.speed", "time the pieces on this machine: template bank, training pairs, preload, frame -> pose"),

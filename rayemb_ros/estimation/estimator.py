@@ -14,13 +14,15 @@ No ROS in here: the node, ``rayemb replay`` and ``rayemb benchmark`` all call th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
 from rayemb_ros.estimation.refine import STANDALONE_SEARCH_SAMPLES, Refiner
-from rayemb_ros.estimation.result import Estimate, Landmarks, VolumeInfo
+from rayemb_ros.estimation.bundle import WEIGHTS, BundleError, is_bundle, load_scene, read_record, verify
+from rayemb_ros.estimation.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.estimation.scene import Scene, landmark_subspaces
 from rayemb_ros.estimation.trust import pnp_distrust, pose_grade, refined_distrust
 from rayemb_ros.geometry.camera import REFERENCE_WIDTH, rescale_pixels, resize_image, working_grid
@@ -28,7 +30,7 @@ from rayemb_ros.geometry.pnp import solve_pnp
 from rayemb_ros.geometry.volume import Volume, load_volume
 from rayemb_ros.imaging.render import import_renderer
 from rayemb_ros.io.cache import cached_arrays
-from rayemb_ros.learning.checkpoint import load_encoder, weights_digest
+from rayemb_ros.learning.checkpoint import CheckpointError, load_encoder, weights_digest
 from rayemb_ros.learning.device import pick_device
 from rayemb_ros.learning.subspace import coarse_to_fine_peaks
 from rayemb_ros.params import Params
@@ -37,12 +39,13 @@ from rayemb_ros.params import Params
 class Estimator:
     def __init__(self, params: Params = Params()):
         self.params = params.validated()
-        self.pose_grade = pose_grade(self.params)
+        self._settings_grade = pose_grade(self.params)
         self.device = pick_device(params.device)
         self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
         # Identifies the weights for the scene cache (state, not file name).
         self._weights_id = weights_digest(self.encoder)
         self.image_size = self.encoder.config.image_size
+        self.weights_label = params.checkpoint or "the shipped checkpoint"
         # NHWC: oneDNN's convolutions run this network ~20 % faster on a CPU (128 px, 2
         # threads), and the embeddings agree with NCHW's to 4e-6.
         self.encoder = self.encoder.to(memory_format=torch.channels_last)
@@ -65,6 +68,13 @@ class Estimator:
     def scene(self) -> Scene | None:
         return self._scene
 
+    @property
+    def pose_grade(self) -> PoseGrade:
+        """What the poses are good for: the settings' grade, and the loaded scene's own reasons
+        (a prepared bundle whose self-check did not pass)."""
+        scene = self._scene
+        return PoseGrade(self._settings_grade.reasons + (scene.grade_reasons if scene else ()))
+
     # ---------------------------------------------------------------- preload
     def load_volume(self, path: str) -> VolumeInfo:
         """Load a CT (file, DICOM folder or ``example``) and prepare it; replaces any previous one.
@@ -72,22 +82,46 @@ class Estimator:
         Raises VolumeError (absent, unreadable, not a CT) and leaves the current scene as is.
         """
         started = time.perf_counter()
-        info = self.set_volume(load_volume(path), path)
+        if is_bundle(path):
+            scene = self._bundle_scene(path)
+            self._scene = scene
+            info = self._info(scene)
+        else:
+            info = self.set_volume(load_volume(path), path)
         info.load_seconds = time.perf_counter() - started  # reading the file included
         return info
+
+    def _bundle_scene(self, folder: str) -> Scene:
+        """The scene a prepared bundle holds, once it is checked (BundleError otherwise)."""
+        record = read_record(folder)
+        verify(folder, record, self.params)
+        try:
+            encoder, _ = load_encoder(Path(folder).expanduser() / WEIGHTS, self.device)
+        except CheckpointError as exc:
+            raise BundleError(f"bundle {folder}: {exc}") from exc
+        if weights_digest(encoder) != record.weights_digest:
+            raise BundleError(f"bundle {folder}: {WEIGHTS} is not the weights the bundle was made with")
+        volume = load_volume(record.ct_path)
+        landmarks, basis = load_scene(Path(folder).expanduser())
+        refiner = Refiner(volume, self.device) if self.renders_frames else None
+        verdict = record.self_check.verdict if record.self_check else "none"
+        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), folder, refiner,
+                     encoder.to(memory_format=torch.channels_last), f"bundle {record.weights_digest}",
+                     record.grade_reasons, verdict)
+
+    def _info(self, scene: Scene) -> VolumeInfo:
+        return VolumeInfo(path=scene.source, num_landmarks=len(scene.landmarks), load_seconds=0.0,
+                          shape=scene.volume.shape, spacing_mm=scene.volume.spacing, weights=scene.weights,
+                          self_check=scene.self_check)
 
     def set_volume(self, volume: Volume, source: str = "") -> VolumeInfo:
         """Prepare a CT already in memory (e.g. a mirrored copy) and make it the current one."""
         started = time.perf_counter()
         scene = self.prepare(volume, source)
         self._scene = scene
-        return VolumeInfo(
-            path=source,
-            num_landmarks=len(scene.landmarks),
-            load_seconds=time.perf_counter() - started,
-            shape=volume.shape,
-            spacing_mm=volume.spacing,
-        )
+        info = self._info(scene)
+        info.load_seconds = time.perf_counter() - started
+        return info
 
     def prepare(self, volume: Volume, source: str = "") -> Scene:
         """The scene of a CT: from the cache when this CT was prepared with these weights and
@@ -101,7 +135,8 @@ class Estimator:
             ("landmarks", "basis"), landmark_subspaces(volume, self.encoder, p, self.device))))
         landmarks, basis = arrays["landmarks"], arrays["basis"]
         refiner = Refiner(volume, self.device) if self.renders_frames else None
-        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source, refiner)
+        return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source, refiner,
+                     weights=self.weights_label)
 
     # ---------------------------------------------------------------- per frame
     def estimate(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Estimate:
@@ -165,8 +200,10 @@ class Estimator:
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
 
     def embed(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Float[torch.Tensor, "1 D h w"]:
-        """Ray embeddings of a frame on the working grid: the encoder's width, the frame's
-        aspect, a multiple of the encoder's stride."""
-        work_h, work_w = working_grid(*image.shape, self.image_size, self.encoder.stride)
+        """Ray embeddings of a frame on the working grid (the encoder's width, the frame's
+        aspect, a multiple of the encoder's stride), by the loaded scene's weights."""
+        scene = self._scene
+        encoder = scene.encoder if scene is not None and scene.encoder is not None else self.encoder
+        work_h, work_w = working_grid(*image.shape, encoder.config.image_size, encoder.stride)
         small, _ = resize_image(np.asarray(image, dtype=np.float32), K, work_h, work_w)
-        return self.encoder(torch.as_tensor(small, device=self.device)[None, None])
+        return encoder(torch.as_tensor(small, device=self.device)[None, None])

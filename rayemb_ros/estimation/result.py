@@ -89,3 +89,5 @@ class VolumeInfo:
     load_seconds: float
     shape: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
+    weights: str = ""  # the encoder weights frames of this CT are registered with
+    self_check: str = ""  # a prepared bundle's self-check verdict; "" for a plain CT

@@ -30,6 +30,7 @@ from rayemb_ros.io.camera_info import CAMERA_INFO_HISTORY, NO_CAMERA_INFO, camer
 from rayemb_ros.io.images import ImageError
 from rayemb_ros.imaging.intensity import to_attenuation
 from rayemb_ros.params import Params
+from rayemb_ros.estimation.bundle import BundleError, is_bundle, read_record
 from rayemb_ros.estimation.result import Estimate, PoseGrade, VolumeInfo
 
 
@@ -80,6 +81,22 @@ def confine(path: str, root: str) -> str:
     if not resolved.is_relative_to(root_dir):
         raise PathRefused(f"refused {path!r}: outside volume_root {str(root_dir)!r} (after resolving links and '..')")
     return str(resolved)
+
+
+def confine_bundle_ct(path: str, root: str) -> None:
+    """PathRefused when ``path`` is a prepared bundle whose CT lies outside ``root``: the CT a
+    bundle names must be confined as a requested path is. A bundle that cannot be read is
+    left to the load, which says why."""
+    if not is_bundle(path):
+        return
+    try:
+        ct = read_record(path).ct_path
+    except BundleError:
+        return
+    try:
+        confine(ct, root)
+    except PathRefused as exc:
+        raise PathRefused(f"refused bundle {path!r}: its CT {ct!r} is outside volume_root") from exc
 
 
 class Level(IntEnum):
@@ -231,7 +248,9 @@ class Runner:
         """Queue a volume load and return at once (wait on ``done``); PathRefused at once."""
         with self._cv:
             try:
-                load = _Load(confine(path, self._params.volume_root))
+                resolved = confine(path, self._params.volume_root)
+                confine_bundle_ct(resolved, self._params.volume_root)
+                load = _Load(resolved)
             except PathRefused as exc:
                 self._event(Level.WARN, str(exc), log=True)
                 raise
@@ -286,11 +305,15 @@ class Runner:
             load.error = exc
         with self._cv:
             if load.info is not None:
-                self._health = replace(self._health, volume=load.info)
+                grade = self._estimator.pose_grade  # a bundle's self-check has its say
+                self._health = replace(self._health, volume=load.info, pose_grade=grade)
                 info = load.info
+                checked = f", self-check {info.self_check}" if info.self_check else ""
+                weights = f", weights {info.weights}" if info.weights else ""
                 self._event(
-                    Level.OK,
-                    f"volume loaded: {info.path} ({info.num_landmarks} landmarks, {info.load_seconds:.1f} s)",
+                    Level.OK if grade.navigation else Level.WARN,
+                    f"volume loaded: {info.path} ({info.num_landmarks} landmarks, {info.load_seconds:.1f} s{weights}"
+                    f"{checked}); poses {grade}",
                     log=True,
                 )
             else:

@@ -31,6 +31,14 @@ class Scene:
     # Built with the scene, not on the first frame: coarsening the CT and setting up its
     # renderer took 0.3-0.6 s, which the first frame after every load used to pay.
     refiner: Refiner | None = None
+    # The weights the subspaces were made with (None: the estimator's own), which frames of
+    # this CT are embedded with: a prepared bundle carries its own.
+    encoder: Encoder | None = None
+    weights: str = ""  # which weights, as the node reports it
+    # Why this scene's poses are not navigation-grade whatever the settings (a bundle whose
+    # self-check failed), and what its self-check said.
+    grade_reasons: tuple[str, ...] = ()
+    self_check: str = ""
 
 
 def spread_views(directions: Float[np.ndarray, "T 3"], candidates: np.ndarray, k: int) -> np.ndarray:

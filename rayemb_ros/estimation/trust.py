@@ -75,7 +75,7 @@ def refined_distrust(refined: Refinement, T_pnp: Float[np.ndarray, "4 4"], K: Fl
 
 # The trust gates, each with the sign of the change that loosens it. They were validated at
 # Params' defaults: no pose > 10 mm off published in 460 held-out frames (docs/results.md).
-_LOOSENED_BY = {
+LOOSENED_BY = {
     "min_inliers": -1, "min_inlier_ratio": -1, "refine_min_inlier_ratio": -1, "ransac_threshold_px": +1,
     "max_reprojection_error_px": +1, "max_residual_increase_px": +1, "max_depth_check_mm": +1,
 }
@@ -92,7 +92,7 @@ def pose_grade(params: Params) -> PoseGrade:
         reasons.append("refinement off")
     elif params.refine_steps < validated.refine_steps:
         reasons.append(f"refine_steps {params.refine_steps} < {validated.refine_steps}")
-    for name, sign in _LOOSENED_BY.items():
+    for name, sign in LOOSENED_BY.items():
         value, default = getattr(params, name), getattr(validated, name)
         if (value - default) * sign > 0:
             reasons.append(f"{name} {value} looser than {default}")

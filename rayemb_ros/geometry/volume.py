@@ -165,6 +165,22 @@ def find_volumes(folder: str | Path) -> list[str]:
     return volumes
 
 
+def source_digest(spec: str | Path) -> str:
+    """SHA-256 of a CT's file, or of every file of a DICOM folder (names and bytes), or of
+    the bundled CT for ``example``: tells whether the CT on disk is still the one read before."""
+    path = example_ct_path() if str(spec) == EXAMPLE else Path(spec).expanduser()
+    if not path.exists():
+        raise VolumeError(f"no such file or folder: {spec}")
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def load_volume(path: str | Path) -> Volume:
     """Read a CT from a NIfTI/NRRD file, a DICOM series folder, or ``example``.
 

@@ -53,5 +53,7 @@ def load_encoder(
         encoder = model(EncoderConfig.from_dict(meta["encoder"]))
         encoder.load_state_dict(blob["model"])
     except Exception as exc:
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        # Never torch's own text: it advises loading with weights_only=False, which a
+        # surgical product must not do with a file it cannot vouch for.
+        raise CheckpointError(f"not a rayemb checkpoint, or corrupt: {path} ({type(exc).__name__})") from exc
     return encoder.to(device).eval(), meta

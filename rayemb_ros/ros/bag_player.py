@@ -20,6 +20,7 @@ as an image the node never counted is:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
+from rayemb_ros.estimation.bundle import ct_of
 from rayemb_ros.estimation.runner import FRAME_REJECTED
 from rayemb_ros.evaluation.records import FrameRecord
 from rayemb_ros.evaluation.replay import Registered, ReplayError, Topics
@@ -198,11 +200,13 @@ def record_of(index: int, frame: Frame, verdict: _Verdict) -> FrameRecord:
 
 
 def _volume_request(volume_spec: str) -> tuple[str, str]:
-    """(path to request, volume_root that allows it): a file's own folder is the root."""
+    """(path to request, volume_root that allows it): the folder holding the CT (and, for a
+    prepared bundle, the bundle too)."""
     if volume_spec == "example":
         return volume_spec, "~"
     path = Path(volume_spec).expanduser().resolve()
-    return str(path), str(path.parent)
+    folders = [path.parent] + ([Path(ct).parent] if (ct := ct_of(str(path))) not in (str(path), "example") else [])
+    return str(path), os.path.commonpath([str(f) for f in folders])
 
 
 def play_through_node(bag: Path, volume_spec: str, params: Params, topics: Topics, log_path: Path,
@@ -245,6 +249,6 @@ class ThroughNode:
 
     def register(self, bag: Path, volume_spec: str, params: Params, topics: Topics, out: Path,
                  progress: dict[str, Any]) -> Registered:
-        volume = load_volume(volume_spec)  # fails here, before a node starts, for a bad path
+        volume = load_volume(ct_of(volume_spec))  # fails here, before a node starts, for a bad path
         records = play_through_node(bag, volume_spec, params, topics, out / "node.log", progress)
         return Registered(records, volume, None)

@@ -185,6 +185,8 @@ def diagnostics_msg(health: Health, name: str, header: Header) -> DiagnosticArra
         "volume_loaded": volume is not None,
         "volume": volume.path if volume else "",
         "num_landmarks": volume.num_landmarks if volume else 0,
+        "weights": volume.weights if volume else "",  # the encoder weights frames are registered with
+        "self_check": volume.self_check if volume else "",  # a prepared bundle's self-check verdict
         "frames_received": health.frames_received,
         "frames_estimated": health.frames_estimated,
         "poses_ok": health.poses_ok,

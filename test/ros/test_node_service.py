@@ -6,6 +6,8 @@ bundled CT through the service. No test relies on another having run.
 
 import gzip
 import os
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -119,3 +121,40 @@ def test_parameters_cannot_change_at_runtime(empty):
     request = SetParameters.Request(parameters=[change])
     (result,) = empty.graph.call(SetParameters, "/rayemb_node/set_parameters", request).results
     assert not result.successful and "restart" in result.reason
+
+
+@pytest.fixture(scope="module")
+def bundles(volume_root, coarse_ct):
+    """A bundle of a CT inside volume_root, and a copy of it whose CT lies outside."""
+    from rayemb_ros.estimation.bundle import read_record, write_record
+    from rayemb_ros.evaluation.prepare import PrepareConfig, prepare
+
+    inside = volume_root / "patient"
+    inside.mkdir()
+    shutil.copy(coarse_ct, inside / "ct.nii.gz")
+    prepare(PrepareConfig(str(inside / "ct.nii.gz"), inside / "bundle", device="cpu", frames=2, size=64),
+            log=lambda _: None)
+    escaped = volume_root / "escaped_bundle"
+    shutil.copytree(inside / "bundle", escaped)
+    outside_ct = volume_root.parent / "outside" / "patient.nii.gz"
+    shutil.copy(coarse_ct, outside_ct)
+    write_record(escaped, replace(read_record(escaped), ct_path=str(outside_ct)))
+    return inside / "bundle", escaped
+
+
+def test_a_prepared_bundle_loads_with_its_weights_and_self_check(loaded, bundles):
+    ros, _ = loaded
+    from rayemb_ros.estimation.bundle import read_record
+
+    folder, escaped = bundles
+    record = read_record(folder)
+    response = call(ros, str(folder), LOAD_TIMEOUT_S)
+    assert response.success, response.message
+    values = ros.values(lambda v: v["volume"] == str(folder), 10, "the bundle on /diagnostics", since=0)
+    assert values["weights"] == f"bundle {record.weights_digest}"
+    assert values["self_check"] == record.self_check.verdict
+    expected = "navigation" if not record.grade_reasons else "tracking"
+    assert values["pose_grade"] == expected and values["pose_grade_reasons"] == "; ".join(record.grade_reasons)
+    refusal = call(ros, str(escaped))
+    assert not refusal.success and "its CT" in refusal.message and "outside volume_root" in refusal.message
+    call(ros, "example", LOAD_TIMEOUT_S)  # as the other tests expect it
