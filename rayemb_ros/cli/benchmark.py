@@ -34,11 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for benchmark.json")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--frames", type=int, default=d.frames,
-                        help=f"frames per set (default {d.frames}: ~12 min on 2 idle CPU cores, ~15 s per frame "
-                             "and set; the first run also renders and caches the sets, ~3 s per frame)")
+                        help=f"frames per set (default {d.frames}; ~10 s per frame and set on 2 CPU cores; the first "
+                             "run also renders and caches the sets, ~3 s per frame)")
     parser.add_argument("--width", type=int, default=d.width, help=f"frame width = height in px (default {d.width})")
     parser.add_argument("--seed", type=int, default=d.seed,
-                        help=f"seed of the first set (default {d.seed}; the mirrored set uses seed + 1000)")
+                        help=f"frames seed of the training CT's set (default {d.seed}; mirrored + 1000, region + 2000, "
+                             "new patients + 3000, + 4000, ...)")
+    parser.add_argument("--new-patients", type=int, nargs="*", default=list(d.new_patients), metavar="SEED",
+                        help=f"anatomy seeds of the new-patient sets (default {' '.join(map(str, d.new_patients))})")
+    parser.add_argument("--no-region", action="store_true", help="leave out the held-out-region set")
     parser.add_argument("--volume", default=d.volume,
                         help="CT of the simulated sets: 'example' (default) or a resampled copy of it in its "
                              "world frame (the fixed-landmark baseline's landmarks are the bundled CT's)")
@@ -64,13 +68,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = BenchmarkConfig(
         out=args.out, volume=args.volume, frames=args.frames, width=args.width, seed=args.seed,
+        new_patients=tuple(args.new_patients), region=not args.no_region,
         intensity_steps=args.intensity_steps, params=Params(device=args.device, refine_steps=args.refine_steps),
         dataset=dataset, progress=not args.no_progress,
     )
     try:
-        run_benchmark(config, on_set=print_table)
+        report = run_benchmark(config, on_set=print_table)
     except (BenchmarkError, VolumeError) as exc:
         print(f"rayemb benchmark: error: {exc}", file=sys.stderr)
         return 2
+    frames = sum(report["sets"][name]["frames"] for name in report["headline_sets"])
+    print_table("headline", {"description": f"every frame of {', '.join(report['headline_sets'])}", "frames": frames,
+                             "image_hw": [config.width, config.width], "initial_mtre_mm": {"p50": float("nan")},
+                             "methods": report["methods"]}, report["device"], report["torch_threads"])
     print(f"\nwrote {args.out / 'benchmark.json'}")
     return 0

@@ -1,16 +1,22 @@
 """`rayemb benchmark`: the paper's table, RayEmb against its baselines, on frames anyone can
-reproduce.
+reproduce, headed by anatomy the encoder never saw.
 
-Two held-out sets of simulated fluoroscopy frames (``simulate.plan`` +
-``simulate.simulate_frames``: clinical C-arm poses, diffdrr DRRs, realistic noise; 256 px
-wide on a 280 mm detector by default) with seeds that training never draws (training uses
-``default_rng([0, step])``; the sets use ``--seed`` 1000 and 1000 + 1000):
+Sets of simulated fluoroscopy frames (``simulate.plan`` + ``simulate.simulate_frames``:
+clinical C-arm poses, diffdrr DRRs, realistic noise; 256 px wide on a 280 mm detector by
+default) with seeds that training never draws (training uses ``default_rng([seed, step])``):
 
+* ``new_patient_<S>`` (headline): a new patient made from the CT (``imaging.anatomy``,
+  anatomy seeds 5001, 5002 by default: none drawn in training); the fixed-landmark baseline
+  gets its 14 landmarks carried through the variant's map;
+* ``example_mirrored`` (headline): the CT flipped left-right (``Volume.mirrored``), an anatomy
+  neither network saw; the fixed-landmark baseline gets its landmarks mirrored with it;
+* ``held_out_region``: frames aimed at the CT's lowest third, unseen only by weights trained
+  with that region held out (``rayemb train --holdout-below-mm``; the shipped weights saw it);
 * ``example``: the bundled chest CT, the CT the encoder and the fixed-landmark net were
-  trained on (new poses, detectors, noise and renderer);
-* ``example_mirrored``: the same CT flipped left-right (``Volume.mirrored``), an anatomy
-  neither network saw; the estimator prepares its scene from the mirrored CT, and the
-  fixed-landmark baseline gets its 14 landmarks mirrored with it.
+  trained on (new poses, detectors, noise and renderer).
+
+"Unseen" means variants of the CTs in reach. ``benchmark.json``'s top-level ``methods`` pool
+every frame of the headline sets; each set has its own entry under ``sets``.
 
 Each method sees the same frames; the two that need a start (``intensity``) get the same
 initial poses (:class:`InitialError`). Methods:
@@ -87,15 +93,19 @@ class TestSet:
     K: Float[np.ndarray, "N 3 3"]
     T_gt: Float[np.ndarray, "N 4 4"]  # mm
     landmarks_ct: Float[np.ndarray, "14 3"] | None  # the fixed landmarks in this CT; None: unknown
+    seed: int = 0  # of the frames, and of the intensity baseline's starts
+    unseen: bool = False  # an anatomy the encoder never saw (a headline set)
 
 
 @dataclass
 class BenchmarkConfig:
     out: Path
     volume: str = "example"
-    frames: int = 20  # per set: the default run takes ~12 min on 2 idle CPU cores
+    frames: int = 20  # per set
     width: int = 256  # square frames; detector 280 mm wide (poses.DetectorRange)
-    seed: int = 1000  # example set; the mirrored set uses seed + 1000
+    seed: int = 1000  # the training CT's set; mirrored + 1000, region + 2000, new patients + 3000, + 4000, ...
+    new_patients: tuple[int, ...] = (5001, 5002)  # anatomy seeds of the new patients (none drawn in training)
+    region: bool = True  # the held-out region set
     intensity_steps: int = 100  # the paper's DiffDRR registration runs 100 steps
     params: Params = field(default_factory=Params)
     initial: InitialError = field(default_factory=InitialError)
@@ -106,32 +116,67 @@ class BenchmarkConfig:
 
 # ------------------------------------------------------------------------------- test sets
 def simulated_frames(
-    volume: Volume, frames: int, seed: int, width: int
+    volume: Volume, frames: int, seed: int, width: int, center: Float[np.ndarray, "3"] | None = None
 ) -> tuple[list[np.ndarray], Float[np.ndarray, "N 3 3"], Float[np.ndarray, "N 4 4"]]:
-    """Realistic diffdrr test frames of a CT (rendered once, then from the cache)."""
+    """Realistic diffdrr test frames of a CT, aimed at its centre or ``center`` (rendered once,
+    then from the cache)."""
     from rayemb_ros.imaging.simulate import plan, simulate_frames
 
     def render() -> dict[str, np.ndarray]:
-        shots = plan(volume, frames, seed, width, width)
+        shots = plan(volume, frames, seed, width, width, center)
         images = np.stack([f.image for f in simulate_frames(volume, shots, seed, renderer="diffdrr")])
         return {"images": images, "K": np.stack([s.detector.K for s in shots]),
                 "T_gt": np.stack([s.T_ct_source for s in shots])}
 
     key = {"v": 1, "ct": volume.content_hash, "frames": frames, "seed": seed, "width": width, "renderer": "diffdrr"}
+    if center is not None:
+        key["center"] = np.round(center, 3).tolist()
     z = cached_arrays("benchmark", key, render)
     return list(z["images"]), z["K"], z["T_gt"]
 
 
+def region_below(volume: Volume) -> tuple[float, Float[np.ndarray, "3"]]:
+    """The held-out region of a CT: its lowest third in world z. The plane's height (mm; what
+    ``rayemb train --holdout-below-mm`` takes) and the region's centre (mm, ``ct``)."""
+    corners = volume.voxels_to_ct(np.array([[i, j, k] for i in (0, volume.shape[0] - 1)
+                                            for j in (0, volume.shape[1] - 1) for k in (0, volume.shape[2] - 1)], float))
+    low, high = corners[:, 2].min(), corners[:, 2].max()
+    plane = low + (high - low) / 3.0
+    centre = volume.center.copy()
+    centre[2] = (low + plane) / 2.0
+    return float(plane), centre
+
+
 def simulated_sets(config: BenchmarkConfig, landmarks_ct: Float[np.ndarray, "14 3"]) -> Iterator[TestSet]:
+    """The unseen-anatomy sets first (the headline), then the training CT. "Unseen" means
+    variants of the CTs in reach: new patients made from the CT (imaging.anatomy, seeds no
+    training draws), the CT mirrored, and a region of it (unseen only by weights trained
+    with that region held out)."""
+    from rayemb_ros.imaging.anatomy import make_variant
+
     volume = load_volume(config.volume)
     what = "the bundled CT" if config.volume == "example" else config.volume
-    for name, vol, seed, points, description in (
-        ("example", volume, config.seed, landmarks_ct, f"{what} (the training CT; unseen poses and noise)"),
-        ("example_mirrored", volume.mirrored(), config.seed + 1000, volume.mirror_points(landmarks_ct),
-         f"{what} mirrored left-right (an anatomy never seen in training)"),
-    ):
-        images, K, T_gt = simulated_frames(vol, config.frames, seed, config.width)
-        yield TestSet(name, f"{description}, seed {seed}", vol, images, K, T_gt, points)
+    plane, region_centre = region_below(volume)
+    for i, patient_seed in enumerate(config.new_patients):
+        variant = make_variant(volume, patient_seed)
+        seed = config.seed + 3000 + 1000 * i
+        images, K, T_gt = simulated_frames(variant.volume, config.frames, seed, config.width)
+        yield TestSet(f"new_patient_{patient_seed}", f"a new patient made from {what} (anatomy seed {patient_seed}, "
+                      f"never used in training), frames seed {seed}", variant.volume, images, K, T_gt,
+                      variant.carry(landmarks_ct), seed, unseen=True)
+    seed = config.seed + 1000
+    images, K, T_gt = simulated_frames(volume.mirrored(), config.frames, seed, config.width)
+    yield TestSet("example_mirrored", f"{what} mirrored left-right (an anatomy never seen in training), seed {seed}",
+                  volume.mirrored(), images, K, T_gt, volume.mirror_points(landmarks_ct), seed, unseen=True)
+    if config.region:
+        seed = config.seed + 2000
+        images, K, T_gt = simulated_frames(volume, config.frames, seed, config.width, region_centre)
+        yield TestSet("held_out_region", f"{what}, frames aimed at its lowest third (below z = {plane:.0f} mm: unseen "
+                      f"only by weights trained with --holdout-below-mm {plane:.0f}; the shipped weights saw it), "
+                      f"seed {seed}", volume, images, K, T_gt, landmarks_ct, seed)
+    images, K, T_gt = simulated_frames(volume, config.frames, config.seed, config.width)
+    yield TestSet("example", f"{what} (the training CT; unseen poses and noise), seed {config.seed}", volume, images,
+                  K, T_gt, landmarks_ct, config.seed)
 
 
 def deepfluoro_sets(path: Path, frames: int) -> Iterator[TestSet]:
@@ -150,7 +195,7 @@ def deepfluoro_sets(path: Path, frames: int) -> Iterator[TestSet]:
                 yield TestSet(
                     f"deepfluoro_{specimen}", f"DeepFluoro specimen {specimen} ({path})", data.volume(specimen),
                     [s.image for s in shots], np.stack([s.K for s in shots]),
-                    np.stack([s.T_ct_source for s in shots]), None,
+                    np.stack([s.T_ct_source for s in shots]), None, unseen=True,
                 )
     except DeepFluoroError as exc:
         raise BenchmarkError(str(exc)) from exc
@@ -243,6 +288,7 @@ def evaluate(methods: Methods, test: TestSet, config: BenchmarkConfig, set_seed:
             "ok_fraction": float(np.mean([o.T is not None for o in runs])),
             "latency_ms": latency_summary([o.latency_ms for o in runs]),
             "per_frame_mtre_mm": mtre,
+            "per_frame_latency_ms": [o.latency_ms for o in runs],
             "per_frame_refusal": [o.reason for o in runs],
         }
 
@@ -255,6 +301,25 @@ def evaluate(methods: Methods, test: TestSet, config: BenchmarkConfig, set_seed:
     }
 
 
+def pooled(results: list[dict]) -> dict:
+    """Each method over every frame of the given sets' results (where it applies to all)."""
+    out = {}
+    for name in METHODS:
+        runs = [r["methods"][name] for r in results]
+        if not all(run["available"] for run in runs):
+            out[name] = {"available": False, "reason": next(run["reason"] for run in runs if not run["available"])}
+            continue
+        mtre = [m for run in runs for m in run["per_frame_mtre_mm"]]
+        out[name] = {
+            "available": True,
+            **accuracy_summary(mtre),
+            "ok_fraction": float(np.mean(np.isfinite(mtre))),
+            "latency_ms": latency_summary([t for run in runs for t in run["per_frame_latency_ms"]]),
+            "frames": len(mtre),
+        }
+    return out
+
+
 def run_benchmark(config: BenchmarkConfig, on_set: Callable[[str, dict, str, int], None] | None = None) -> dict:
     """Every set, every method; writes ``config.out/benchmark.json`` and returns its content.
     ``on_set(name, result, device, torch threads)`` is called as each set finishes."""
@@ -265,19 +330,22 @@ def run_benchmark(config: BenchmarkConfig, on_set: Callable[[str, dict, str, int
         sets = simulated_sets(config, methods.fixed.points_ct)
     else:
         sets = deepfluoro_sets(config.dataset[1], config.frames)
-    results = {}
-    for k, test in enumerate(sets):
-        results[test.name] = evaluate(methods, test, config, config.seed + 1000 * k)
+    results, unseen = {}, []
+    for test in sets:
+        results[test.name] = evaluate(methods, test, config, test.seed)
+        unseen += [test.name] if test.unseen else []
         if on_set is not None:
             on_set(test.name, results[test.name], methods.device, torch.get_num_threads())
     if not results:
         raise BenchmarkError("no test set to run")
-    first = next(iter(results.values()))
+    headline = unseen or list(results)
     report = {
         "device": methods.device,
         "torch_threads": torch.get_num_threads(),
-        "frames": first["frames"],  # per set
-        "methods": first["methods"],  # the first set's: the bundled CT, as the contract's table
+        "frames": next(iter(results.values()))["frames"],  # per set
+        # The headline: every frame of the unseen-anatomy sets together (a refusal a failure).
+        "methods": pooled([results[name] for name in headline]),
+        "headline_sets": headline,
         "method_names": list(METHODS),
         "sets": results,
         "settings": {

@@ -42,10 +42,12 @@ def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     return geometry, noise
 
 
-def plan(volume: Volume, frames: int, seed: int, height: int, width: int) -> list[Shot]:
-    """The frames' poses, detectors and styles for a seed (deterministic)."""
+def plan(volume: Volume, frames: int, seed: int, height: int, width: int,
+         center: Float[np.ndarray, "3"] | None = None) -> list[Shot]:
+    """The frames' poses, detectors and styles for a seed (deterministic), aimed at the CT's
+    centre or at ``center`` (mm, ``ct``)."""
     rng, _ = _streams(seed)
-    poses = sample_poses(rng, frames, volume.center)
+    poses = sample_poses(rng, frames, volume.center if center is None else np.asarray(center, dtype=np.float64))
     return [Shot(T, sample_detector(rng, height, width), fluoro.sample_style(rng)) for T in poses]
 
 

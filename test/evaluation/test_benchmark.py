@@ -1,12 +1,14 @@
 """`rayemb benchmark` on a tiny run: every method on both sets, benchmark.json per the contract."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from rayemb_ros import cli
 from rayemb_ros.cli.benchmark import print_table
+from rayemb_ros.evaluation.metrics import percentile
 from rayemb_ros.evaluation.benchmark import METHODS, BenchmarkConfig, InitialError, run_benchmark
 from rayemb_ros.geometry.camera import world_to_camera
 from rayemb_ros.params import Params
@@ -24,12 +26,18 @@ def test_small_benchmark_writes_every_method_and_reaches_its_accuracy(coarse_ct,
     refined RayEmb poses every training-CT frame within a few mm (1.3 mm median when this was
     written) and refuses every mirrored-CT frame (an anatomy it never saw), as in the full run."""
     config = BenchmarkConfig(out=tmp_path / "out", volume=str(coarse_ct), frames=3, width=256, intensity_steps=10,
-                             params=Params(device="cpu"), progress=False)
+                             params=Params(device="cpu"), new_patients=(5001,), progress=False)
     run_benchmark(config, on_set=print_table)
     report = _strict((tmp_path / "out" / "benchmark.json").read_text())
     assert report["device"] == "cpu" and report["frames"] == 3 and report["method_names"] == list(METHODS)
-    assert set(report["sets"]) == {"example", "example_mirrored"}
-    for result in [{"methods": report["methods"]}, *report["sets"].values()]:
+    assert list(report["sets"]) == ["new_patient_5001", "example_mirrored", "held_out_region", "example"]
+    assert report["headline_sets"] == ["new_patient_5001", "example_mirrored"]
+    for name, s in report["methods"].items():  # the headline pools the unseen sets' frames (null: no pose)
+        frames = [math.inf if m is None else m
+                  for n in report["headline_sets"] for m in report["sets"][n]["methods"][name]["per_frame_mtre_mm"]]
+        p50 = percentile(frames, 50)
+        assert s["frames"] == 6 and s["mtre_mm"]["p50"] == (None if math.isinf(p50) else p50)
+    for result in report["sets"].values():
         assert list(result["methods"]) == list(METHODS)
         for name, s in result["methods"].items():
             assert s["available"], name
