@@ -1,7 +1,7 @@
 """rayemb_ros: C-arm pose from fluoroscopy by ray-embedding 2D/3D registration.
 
 Layers, lowest first (a module imports only from its own layer or lower ones; test/test_architecture.py
-checks it): params; geometry; io; imaging; learning; estimation; evaluation; ros (the only one
+checks it): params and errors; geometry; io; imaging; learning; estimation; evaluation; ros (the only one
 that imports rclpy); cli (the command line, above both).
 """
 # The generated interfaces (rayemb_ros.msg, rayemb_ros.srv) may be installed in another

@@ -10,11 +10,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from rayemb_ros.errors import InputError
+
 IMAGE_INTENSITIES = ("attenuation", "transmission")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ParamError(ValueError):
+class ParamError(InputError, ValueError):
     """A parameter value that cannot work; raised at start, never later."""
 
 

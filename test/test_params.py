@@ -67,4 +67,5 @@ def test_node_without_a_gpu_refuses_device_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     result = run_node("--ros-args", "-p", "device:=cuda")
-    assert result.returncode == 1 and "cannot start" in result.stderr and "no GPU" in result.stderr, result.stderr
+    assert result.returncode == 2 and "bad parameter" in result.stderr and "no GPU" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

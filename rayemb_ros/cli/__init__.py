@@ -14,6 +14,9 @@ import importlib
 import os
 import sys
 
+from rayemb_ros import __version__
+from rayemb_ros.errors import InputError
+
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("rayemb_ros.cli.node", "run the ROS 2 registration node"),
@@ -28,16 +31,26 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default after its help; the example at the end kept as written."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``rayemb ARGV``; its exit code. An InputError (a bad CT, checkpoint, bag, parameter)
+    is one line `rayemb <command>: error: ...` and exit code 2, like argparse's own; any other
+    exception is a bug and keeps its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     split = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
     argv, ros_args = argv[:split], argv[split:]
     # Without a sourced ROS setup, the ament index is this environment's prefix (the venv).
     os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 
-    parser = argparse.ArgumentParser(prog="rayemb", description="C-arm pose from fluoroscopy (RayEmb) on ROS 2.")
+    parser = argparse.ArgumentParser(prog="rayemb", description="C-arm pose from fluoroscopy (RayEmb) on ROS 2.",
+                                     epilog="example: rayemb demo --out out/demo   (rayemb COMMAND --help for each)")
+    parser.add_argument("--version", action="version", version=f"rayemb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    subparsers = {name: commands.add_parser(name, help=text, description=text) for name, (_, text) in SUBCOMMANDS.items()}
+    subparsers = {name: commands.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+                  for name, (_, text) in SUBCOMMANDS.items()}
     if argv and argv[0] in SUBCOMMANDS:
         name = argv[0]
         module_name = SUBCOMMANDS[name][0]
@@ -51,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         subparsers[name].set_defaults(run=module.run)
     args = parser.parse_args(argv)
     args.ros_args = ros_args
-    return args.run(args)
+    try:
+        return args.run(args)
+    except InputError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"rayemb {args.command}: error: {first}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,20 +4,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from rayemb_ros.cli.arguments import existing_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--params-file", type=Path, help="ROS 2 parameter file (default: the package's config/rayemb.yaml)"
-    )
-    parser.epilog = "Arguments from --ros-args on go to ROS (e.g. --ros-args -p device:=cpu -r __ns:=/or1)."
+    parser.add_argument("--params-file", type=existing_path,
+                        help="ROS 2 parameter file (none: the package's config/rayemb.yaml)")
+    parser.epilog = ("Arguments from --ros-args on go to ROS.\n"
+                     "example: rayemb node --ros-args -p device:=cpu -p volume:=example -r __ns:=/or1")
 
 
 def run(args: argparse.Namespace) -> int:
     from rayemb_ros.ros.node import NODE_NAME, default_params_file, main  # rclpy: only for the node
 
     params_file = args.params_file or default_params_file()
-    if not params_file.is_file():
-        raise SystemExit(f"rayemb node: params file {str(params_file)!r} not found")
     return main([NODE_NAME, "--ros-args", "--params-file", str(params_file), *args.ros_args])

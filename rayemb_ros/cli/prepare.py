@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from rayemb_ros.cli.arguments import positive_int
+from rayemb_ros.cli.arguments import non_negative_int, output_path, positive_int
 from rayemb_ros.params import DEVICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--volume", required=True, help="the patient's CT: NIfTI, NRRD, DICOM folder, or 'example'")
-    parser.add_argument("--out", required=True, type=Path, help="the bundle folder to write (replaced if there)")
+    parser.add_argument("--out", required=True, type=output_path, help="the bundle folder to write (replaced if there)")
     parser.add_argument("--checkpoint", default="", help="patient-agnostic encoder weights ('' = the shipped ones)")
-    parser.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+    parser.add_argument("--finetune-steps", type=non_negative_int, default=0, metavar="N",
                         help="fine-tune the weights on this CT for N steps first (0 = no fine-tune)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to fine-tune and register")
     parser.add_argument("--frames", type=positive_int, default=24, help="simulated frames of the self-check")
@@ -27,19 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rayemb_ros.evaluation.prepare import PrepareConfig, prepare
-    from rayemb_ros.geometry.volume import VolumeError
-    from rayemb_ros.learning.checkpoint import CheckpointError
 
-    if args.finetune_steps < 0:
-        print("rayemb prepare: error: --finetune-steps must be 0 or more", file=sys.stderr)
-        return 2
     config = PrepareConfig(args.volume, args.out, args.checkpoint, args.finetune_steps, args.device,
                            args.frames, args.size)
-    try:
-        record = prepare(config, log=lambda line: print(f"prepare: {line}", file=sys.stderr))
-    except (VolumeError, CheckpointError) as exc:
-        print(f"rayemb prepare: error: {exc}", file=sys.stderr)
-        return 2
+    record = prepare(config, log=lambda line: print(f"prepare: {line}", file=sys.stderr))
     c = record.self_check
     median = "no pose" if c.median_mm is None else f"{c.median_mm:.2f} mm"
     p95 = "no pose" if c.p95_mm is None else f"{c.p95_mm:.2f} mm"

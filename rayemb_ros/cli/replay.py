@@ -7,62 +7,76 @@ import argparse
 import sys
 from pathlib import Path
 
-from rayemb_ros.io.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC
-from rayemb_ros.params import DEVICES, IMAGE_INTENSITIES, ParamError, Params
+from rayemb_ros.cli.arguments import existing_path, output_path, positive_int
+from rayemb_ros.io.bags import (
+    IMAGE_TOPIC, IMAGE_TYPE, INFO_TOPIC, INFO_TYPE, POSE_TOPIC, POSE_TYPE, BagError, bag_topics,
+)
+from rayemb_ros.params import DEVICES, IMAGE_INTENSITIES, Params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
-    parser.add_argument("--volume", required=True, help="CT: NIfTI, NRRD, DICOM folder, or 'example'")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created)")
-    parser.add_argument("--checkpoint", default="", help="encoder weights (default: the shipped checkpoint)")
+    parser.add_argument("bag", type=existing_path, help="rosbag2 folder (mcap or sqlite3)")
+    parser.add_argument("--volume", required=True,
+                        help="CT: NIfTI, NRRD, DICOM folder, a prepared bundle (rayemb prepare), or 'example'")
+    parser.add_argument("--out", required=True, type=output_path,
+                        help="folder for estimates.jsonl, metrics.json and report.html (created)")
+    parser.add_argument("--checkpoint", default="", help="encoder weights ('' = the shipped checkpoint)")
     parser.add_argument("--image-intensity", choices=IMAGE_INTENSITIES, default="attenuation",
-                        help="the bag's image intensity (default attenuation)")
+                        help="the bag's image intensity: attenuation (brighter = denser) or transmission (raw)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=Params.refine,
-                        help=f"intensity-based refinement after PnP (default {'on' if Params.refine else 'off'})")
-    parser.add_argument("--refine-steps", type=int, default=Params.refine_steps, metavar="N",
-                        help=f"refinement steps (default {Params.refine_steps}; fewer: faster, tracking-grade poses)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="estimator device (default auto)")
+                        help="intensity-based refinement after PnP")
+    parser.add_argument("--refine-steps", type=positive_int, default=Params.refine_steps, metavar="N",
+                        help="refinement steps (fewer: faster, tracking-grade poses)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="estimator device")
     parser.add_argument("--via-node", action="store_true",
                         help="register through `rayemb node` in its own process over DDS")
-    parser.add_argument("--image-topic", default=IMAGE_TOPIC, help=f"default {IMAGE_TOPIC}")
-    parser.add_argument("--info-topic", default=INFO_TOPIC, help=f"default {INFO_TOPIC}")
-    parser.add_argument("--pose-topic", default=POSE_TOPIC, help=f"ground truth; default {POSE_TOPIC}")
+    parser.add_argument("--image-topic", default=IMAGE_TOPIC, help="the bag's sensor_msgs/Image topic")
+    parser.add_argument("--info-topic", default=INFO_TOPIC, help="the bag's sensor_msgs/CameraInfo topic")
+    parser.add_argument("--pose-topic", default=POSE_TOPIC,
+                        help="the bag's ground truth (geometry_msgs/PoseStamped, T_ct_source in metres)")
+    parser.epilog = "example: rayemb replay bags/seed101 --volume example --out out/replay101"
 
 
-def check_bag(bag: Path, topics) -> None:
-    """ParamError unless ``bag`` is a readable rosbag2 with images on ``topics.image``."""
-    from rosbags.rosbag2 import Reader
+def check_bag(bag: Path, image_topic: str, info_topic: str, pose_topic: str) -> None:
+    """BagError unless ``bag`` has images and CameraInfos on the chosen topics; it names the
+    topics of each type the bag has and the option that picks one. A missing ground-truth
+    topic is said on stderr (the replay then has no accuracy)."""
+    present = bag_topics(bag)
 
-    if not bag.is_dir():
-        raise ParamError(f"no bag directory at {bag}")
-    try:
-        with Reader(bag) as reader:
-            present = sorted({c.topic for c in reader.connections})
-    except Exception as exc:  # rosbags raises several types for a folder that is not a bag
-        raise ParamError(f"cannot read the bag {bag}: {exc}") from exc
-    if topics.image not in present:
-        raise ParamError(f"no topic {topics.image} in {bag} (its topics: {', '.join(present) or 'none'}); "
-                         "see --image-topic")
+    def of(kind: str) -> str:
+        found = sorted(t for t, msgtype in present.items() if msgtype == kind)
+        return ", ".join(found) or "none"
+
+    if not any(msgtype == IMAGE_TYPE for msgtype in present.values()):
+        raise BagError(f"{bag} has no {IMAGE_TYPE} topic (its topics: {', '.join(sorted(present)) or 'none'})")
+    if not any(msgtype == INFO_TYPE for msgtype in present.values()):
+        raise BagError(f"{bag} has no {INFO_TYPE} topic: every image needs its K")
+    for topic, kind, option in ((image_topic, IMAGE_TYPE, "--image-topic"), (info_topic, INFO_TYPE, "--info-topic")):
+        if present.get(topic) != kind:
+            raise BagError(f"no {kind} on {topic} in {bag}; its {kind} topics: {of(kind)} (pick one with {option})")
+    if present.get(pose_topic) != POSE_TYPE:
+        print(f"rayemb replay: no ground truth on {pose_topic} in {bag} (its {POSE_TYPE} topics: {of(POSE_TYPE)}; "
+              "pick one with --pose-topic): no accuracy numbers", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rayemb_ros.evaluation.replay import ReplayError, Topics, replay
-    from rayemb_ros.geometry.volume import VolumeError
+    from rayemb_ros.estimation.bundle import ct_of
+    from rayemb_ros.evaluation.replay import Topics, replay
+    from rayemb_ros.geometry.volume import volume_file
+    from rayemb_ros.learning.checkpoint import load_encoder
 
-    topics = Topics(args.image_topic, args.info_topic, args.pose_topic)
-    try:
-        params = Params(device=args.device, checkpoint=args.checkpoint, image_intensity=args.image_intensity,
-                        refine=args.refine, refine_steps=args.refine_steps).validated()
-        check_bag(args.bag, topics)
-        registration = None  # in process
-        if args.via_node:
-            from rayemb_ros.ros.bag_player import ThroughNode  # rclpy: only for this mode
+    volume_file(ct_of(args.volume))  # the CT there, and the weights readable, before any work
+    if args.checkpoint:
+        load_encoder(args.checkpoint)
+    params = Params(device=args.device, checkpoint=args.checkpoint, image_intensity=args.image_intensity,
+                    refine=args.refine, refine_steps=args.refine_steps).validated()
+    check_bag(args.bag, args.image_topic, args.info_topic, args.pose_topic)
+    registration = None  # in process
+    if args.via_node:
+        from rayemb_ros.ros.bag_player import ThroughNode  # rclpy: only for this mode
 
-            registration = ThroughNode()
-        result = replay(args.bag, args.volume, args.out, params, topics, registration)
-    except (ParamError, VolumeError, ReplayError) as exc:
-        print(f"rayemb replay: error: {exc}", file=sys.stderr)
-        return 2 if not isinstance(exc, ReplayError) else 1
+        registration = ThroughNode()
+    result = replay(args.bag, args.volume, args.out, params, Topics(args.image_topic, args.info_topic,
+                                                                    args.pose_topic), registration)
     print(result.summary())
     return 0

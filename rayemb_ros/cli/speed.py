@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from rayemb_ros.cli.arguments import output_path, positive_int
 from rayemb_ros.params import DEVICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volume", default="example", help="CT: NIfTI/NRRD file, DICOM folder, or 'example'")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--frames", type=int, default=10, help="frames of 256 px timed through the estimator")
-    parser.add_argument("--out", type=Path, help="also write the numbers here as JSON")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to time the pieces")
+    parser.add_argument("--frames", type=positive_int, default=10, help="frames of 256 px timed through the estimator")
+    parser.add_argument("--out", type=output_path, help="also write the numbers here as JSON")
+    parser.epilog = "example: rayemb speed --frames 20 --out out/speed.json"
 
 
 def run(args: argparse.Namespace) -> int:
     from rayemb_ros.evaluation.speed import measure  # torch: only when measuring
+    from rayemb_ros.geometry.volume import volume_file
+
+    volume_file(args.volume)
 
     r = measure(args.volume, args.device, args.frames)
     print(f"device {r['device']}, {r['torch_threads']} torch threads")

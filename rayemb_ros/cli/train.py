@@ -4,10 +4,9 @@ data-parallel under `torchrun --standalone --nproc_per_node N --no-python rayemb
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-from rayemb_ros.cli.arguments import positive_float, positive_int
+from rayemb_ros.cli.arguments import existing_path, output_path, positive_float, positive_int
+from rayemb_ros.learning.checkpoint import load_encoder
 from rayemb_ros.learning.config import TrainConfig
 from rayemb_ros.learning.model import EncoderConfig
 from rayemb_ros.params import DEVICES
@@ -15,11 +14,10 @@ from rayemb_ros.params import DEVICES
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.add_argument("--volume", action="append", default=[], metavar="CT",
                         help="a training CT (NIfTI/NRRD file, DICOM folder, or 'example'); repeat for more "
                              f"(none and no --volumes: {d.volumes[0]})")
-    parser.add_argument("--volumes", type=Path, metavar="DIR", help="also every CT file and DICOM folder under DIR")
+    parser.add_argument("--volumes", type=existing_path, metavar="DIR", help="also every CT file and DICOM folder under DIR")
     parser.add_argument("--val-volume", action="append", default=[], metavar="CT",
                         help="a CT held out of training, validated on one by one (repeatable; none: the training "
                              "CTs at other poses)")
@@ -27,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="every batch a new patient made from its CT (deformed, resized, turned, cropped)")
     parser.add_argument("--holdout-below-mm", type=float, metavar="Z",
                         help="train on the CTs' slices above world height Z (mm) only, holding out the region below")
-    parser.add_argument("--out", required=True, type=Path, help="where to write the weights (.pt)")
+    parser.add_argument("--out", required=True, type=output_path, help="where to write the weights (.pt)")
     parser.add_argument("--steps", type=positive_int, default=d.steps, help="optimiser steps")
     parser.add_argument("--batch", type=positive_int, default=d.batch, help="queries per step (per rank)")
     parser.add_argument("--templates", type=positive_int, default=d.templates, help="template DRRs per query")
@@ -50,22 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rayemb_ros.geometry.volume import VolumeError, find_volumes
+    from rayemb_ros.geometry.volume import find_volumes, volume_file
     from rayemb_ros.learning.train import train  # torch and the renderer: only when training
 
-    try:
-        volumes = tuple(args.volume) + (tuple(find_volumes(args.volumes)) if args.volumes else ())
-        config = TrainConfig(
-            volumes=volumes or TrainConfig.volumes, val_volumes=tuple(args.val_volume), anatomy=args.anatomy,
-            holdout_below_mm=args.holdout_below_mm, max_cached_volumes=args.max_cached_volumes,
-            steps=args.steps, batch=args.batch, templates=args.templates, points=args.points, lr=args.lr,
-            tau=args.tau, warmup=args.warmup, init=args.init, seed=args.seed, val_every=args.val_every,
-            ckpt_every=args.ckpt_every, device=args.device, encoder=EncoderConfig(image_size=args.image_size),
-        )
-        summary = train(config, args.out, progress=not args.no_progress)
-    except VolumeError as exc:
-        print(f"rayemb train: error: {exc}", file=sys.stderr)
-        return 2
+    volumes = tuple(args.volume) + (tuple(find_volumes(args.volumes)) if args.volumes else ())
+    for spec in volumes + tuple(args.val_volume):  # every CT there before any training
+        volume_file(spec)
+    if args.init:
+        load_encoder(args.init)
+    config = TrainConfig(
+        volumes=volumes or TrainConfig.volumes, val_volumes=tuple(args.val_volume), anatomy=args.anatomy,
+        holdout_below_mm=args.holdout_below_mm, max_cached_volumes=args.max_cached_volumes,
+        steps=args.steps, batch=args.batch, templates=args.templates, points=args.points, lr=args.lr,
+        tau=args.tau, warmup=args.warmup, init=args.init, seed=args.seed, val_every=args.val_every,
+        ckpt_every=args.ckpt_every, device=args.device, encoder=EncoderConfig(image_size=args.image_size),
+    )
+    summary = train(config, args.out, progress=not args.no_progress)
     per_volume = "".join(f"\n  {spec}: {px:.2f} px" for spec, px in summary["val_px_per_volume"].items())
     print(f"wrote {args.out}: {summary['steps']} steps, validation localisation error {summary['val_px_median']:.2f} px"
           + (f"; per validation CT:{per_volume}" if len(summary["val_px_per_volume"]) > 1 else ""))

@@ -46,19 +46,20 @@ import numpy as np
 from jaxtyping import Float
 from scipy.spatial.transform import Rotation
 
+from rayemb_ros.errors import InputError
 from rayemb_ros.geometry.camera import invert_pose, world_to_camera
 from rayemb_ros.learning.checkpoint import FIXED_LANDMARK_CHECKPOINT
 from rayemb_ros.evaluation.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
 from rayemb_ros.params import Params
 from rayemb_ros.evaluation.records import json_safe
 from rayemb_ros.io.cache import cached_arrays
-from rayemb_ros.geometry.volume import Volume, VolumeError, load_volume
+from rayemb_ros.geometry.volume import Volume, load_volume
 
 METHODS = ("intensity", "fixed_landmark", "rayemb", "rayemb_refined")
 DATASETS = ("deepfluoro",)
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(InputError, RuntimeError):
     """A benchmark that cannot run; the message says why."""
 
 

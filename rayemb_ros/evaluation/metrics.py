@@ -24,6 +24,8 @@ from jaxtyping import Float
 
 from rayemb_ros.geometry.camera import world_to_camera
 
+from rayemb_ros.geometry.volume import VolumeError
+
 if TYPE_CHECKING:
     from rayemb_ros.geometry.volume import Volume
 
@@ -42,7 +44,7 @@ def target_points(volume: Volume, n: int = TARGET_POINTS, seed: int = TARGET_SEE
     """The mTRE target points of a CT: bone voxel centres in ``ct`` (mm), fixed for the CT."""
     ijk = np.argwhere(volume.bone_mask())
     if len(ijk) == 0:
-        raise ValueError("the CT has no bone voxels to measure mTRE on")
+        raise VolumeError("the CT has no bone voxels to measure mTRE on")
     if len(ijk) > n:
         # argwhere's order is the voxel order, so one seed always picks the same voxels.
         ijk = ijk[np.sort(np.random.default_rng(seed).choice(len(ijk), size=n, replace=False))]

@@ -53,7 +53,6 @@ def _weights(config: PrepareConfig, log: Callable[[str], None]) -> Path:
     source = Path(config.checkpoint).expanduser() if config.checkpoint else DEFAULT_CHECKPOINT
     target = config.out / WEIGHTS
     if config.finetune_steps == 0:
-        load_encoder(source)  # a CheckpointError here, not in the bundle
         shutil.copyfile(source, target)
         return target
     from rayemb_ros.learning.config import TrainConfig
@@ -123,7 +122,8 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> Record
 
     ct_path = config.volume if config.volume == EXAMPLE else str(Path(config.volume).expanduser().resolve())
     config = replace(config, volume=ct_path)
-    volume = load_volume(ct_path)  # a VolumeError before any work
+    volume = load_volume(ct_path)  # a VolumeError or CheckpointError before any work
+    load_encoder(Path(config.checkpoint).expanduser() if config.checkpoint else DEFAULT_CHECKPOINT)
     digest = source_digest(ct_path)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / RECORD).unlink(missing_ok=True)  # the folder is no bundle until it is complete again

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rayemb_ros.errors import InputError
 from rayemb_ros.io.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC, read_bag
 from rayemb_ros.io.camera_info import NO_CAMERA_INFO
 from rayemb_ros.io.images import ImageError
@@ -73,7 +74,7 @@ class Replay:
                           f"report: {self.report}"])
 
 
-class ReplayError(RuntimeError):
+class ReplayError(InputError, RuntimeError):
     """The replay cannot go on (e.g. the node did not load the CT); the message says why."""
 
 

@@ -17,7 +17,7 @@ from rayemb_ros.evaluation import report_figures as figures
 from rayemb_ros.evaluation.heatmaps import Heatmaps
 from rayemb_ros.evaluation.metrics import target_points
 from rayemb_ros.evaluation.records import FrameRecord
-from rayemb_ros.evaluation.units import mm
+from rayemb_ros.evaluation.units import mm, ms
 from rayemb_ros.geometry.volume import Volume
 
 BONE_POINTS_SHOWN = 3000  # bone points drawn in the 3D view
@@ -59,24 +59,51 @@ def _box_corners(volume: Volume) -> Float[np.ndarray, "8 3"]:
 
 
 def _number(x: Any) -> str:
-    if isinstance(x, float) and math.isinf(x):
-        return "inf (lands on a frame without a pose)"
     if isinstance(x, float):
-        return "-" if math.isnan(x) else f"{x:.3g}"
+        return "-" if math.isnan(x) else f"{x:.2f}"
     return "-" if x is None else html.escape(str(x))
 
 
-def _metrics_rows(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    rows = []
-    for key, value in metrics.items():
-        if key == "per_frame_mtre_mm":
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows += _metrics_rows(value, name + ".")
-        else:
-            rows.append((name, _number(value)))
-    return rows
+def _percent(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.0f} %"
+
+
+def _percentiles(summary: dict[str, float], format_one) -> str:
+    return " / ".join(format_one(summary.get(k)) for k in ("p25", "p50", "p95") if k in summary)
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """metrics.json as a table people read: labels in words, values with units."""
+    m = metrics
+    rows = [
+        ("frames in the bag", str(m["frames"])),
+        ("frames posed", f"{m['frames_ok']} of {m['frames']}"),
+        ("frames the estimator never saw (undecodable, no CameraInfo)", str(m["frames_unusable"])),
+        ("mTRE, all frames with ground truth (no pose: a failure): 25th / median / 95th",
+         _percentiles(m["mtre_mm"], mm)),
+        (f"mTRE, the {m['frames_posed']} posed frames: 25th / median / 95th", _percentiles(m["mtre_posed_mm"], mm)),
+        ("GFR@10 / GFR@5 (frames more than 10 / 5 mm off, or without a pose)",
+         f"{m['gfr_percent']['10']:.1f} % / {m['gfr_percent']['5']:.1f} %"),
+        (f"latency per frame ({m['latency_ms']['frames']} frames): median / 95th / 99th",
+         " / ".join(ms(m["latency_ms"].get(k)) for k in ("p50", "p95", "p99"))),
+    ]
+    if "initial" in m:
+        i = m["initial"]
+        rows.append(("PnP poses before refinement: mTRE median / 95th, GFR@10",
+                     f"{mm(i['mtre_mm']['p50'])} / {mm(i['mtre_mm']['p95'])}, {i['gfr_percent']['10']:.1f} %"))
+    if "trust" in m:
+        t = m["trust"]
+        rows += [
+            (f"frames whose pose (published, or PnP's when refused) is more than {t['threshold_mm']:g} mm off",
+             str(t["frames_over_threshold"])),
+            ("... of those refused", _percent(t["refused_of_those_percent"])),
+            (f"poses published more than {t['threshold_mm']:g} mm off", str(t["accepted_over_threshold"])),
+        ]
+    if "pose_grade" in m:
+        g = m["pose_grade"]
+        rows.append(("pose grade", g["grade"] + (f" ({'; '.join(g['reasons'])})" if g["reasons"] else "")))
+    rows.append(("mTRE target points", f"{m['target_points']['count']}: {m['target_points']['definition']}"))
+    return [(html.escape(k), html.escape(v)) for k, v in rows]
 
 
 def _frame_rows(data: ReportData) -> str:
@@ -120,7 +147,7 @@ def write_report(out: Path, data: ReportData) -> Path:
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in data.facts.items())
     metrics = ("<p>No ground truth in this bag: no accuracy metrics.</p>" if data.metrics is None else
                "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>"
-                                   for k, v in _metrics_rows(data.metrics)) + "</table>")
+                                   for k, v in metrics_rows(data.metrics)) + "</table>")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     figs = "\n".join(f'<figure><img src="{name}" alt="{html.escape(FIGURES[name])}">'
                      f"<figcaption>{html.escape(FIGURES[name])}</figcaption></figure>" for name in made)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,12 +18,14 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float
 
+from rayemb_ros.errors import InputError
+
 EXAMPLE = "example"
 BONE_HU = 350.0  # the paper samples landmark candidates in voxels at or above this
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-class VolumeError(ValueError):
+class VolumeError(InputError, ValueError):
     """A CT that cannot be used (absent, unreadable, not a 3D scan); the message says why."""
 
 
@@ -165,12 +168,21 @@ def find_volumes(folder: str | Path) -> list[str]:
     return volumes
 
 
-def source_digest(spec: str | Path) -> str:
-    """SHA-256 of a CT's file, or of every file of a DICOM folder (names and bytes), or of
-    the bundled CT for ``example``: tells whether the CT on disk is still the one read before."""
+def volume_file(spec: str | Path) -> Path:
+    """The file or DICOM folder a CT spec names, checked to exist and be readable (VolumeError);
+    cheap, unlike reading it."""
     path = example_ct_path() if str(spec) == EXAMPLE else Path(spec).expanduser()
     if not path.exists():
         raise VolumeError(f"no such file or folder: {spec}")
+    if not os.access(path, os.R_OK):
+        raise VolumeError(f"cannot read {spec}")
+    return path
+
+
+def source_digest(spec: str | Path) -> str:
+    """SHA-256 of a CT's file, or of every file of a DICOM folder (names and bytes), or of
+    the bundled CT for ``example``: tells whether the CT on disk is still the one read before."""
+    path = volume_file(spec)
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:

@@ -26,6 +26,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
+from rayemb_ros.errors import InputError
 from rayemb_ros.geometry.camera import pose_from_ros, pose_to_ros
 from rayemb_ros.io.camera_info import CAMERA_INFO_HISTORY, camera_info_for_image
 from rayemb_ros.io.images import ImageError, decode_image, encode_image, to_encoding_range
@@ -156,6 +157,23 @@ def write_bag(
                     writer.write(conns[key], frame.stamp_ns, raw)
             count += 1
     return count
+
+
+class BagError(InputError):
+    """A bag that cannot be read; the message says why."""
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """Every topic of a bag with its message type (``sensor_msgs/msg/Image``, ...); BagError
+    for a folder that is not a readable rosbag2."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BagError(f"no bag folder at {path}")
+    try:
+        with Reader(path) as reader:
+            return {c.topic: c.msgtype for c in reader.connections}
+    except Exception as exc:  # rosbags raises several types for a folder that is not a bag
+        raise BagError(f"cannot read the bag {path}: {exc}".splitlines()[0]) from exc
 
 
 def raw_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[RawMessage]:

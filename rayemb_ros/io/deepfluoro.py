@@ -83,6 +83,7 @@ import h5py
 import numpy as np
 from jaxtyping import Float
 
+from rayemb_ros.errors import InputError
 from rayemb_ros.geometry.camera import invert_pose
 from rayemb_ros.geometry.volume import Volume
 
@@ -99,7 +100,7 @@ HALF_VOXEL_MM = 0.5  # xreg's correction of cam-to-pelvis-vol, in LPS mm
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 
 
-class DeepFluoroError(ValueError):
+class DeepFluoroError(InputError, ValueError):
     """A file that does not follow the DeepFluoro layout or conventions; the message says how."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Float
 
+from rayemb_ros.errors import InputError
+
 # encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     "mono8": (np.dtype(np.uint8), 1),
@@ -21,7 +23,7 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
 }
 
 
-class ImageError(ValueError):
+class ImageError(InputError, ValueError):
     """A frame that cannot be used; the message is the one log line users see."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from rayemb_ros.errors import InputError
 from rayemb_ros.learning.model import Encoder, EncoderConfig
 
 # The weights shipped with the package (rayemb_ros/checkpoints/, each with its training record
@@ -23,7 +24,7 @@ def weights_digest(model: torch.nn.Module) -> str:
     return hashlib.sha256(values).hexdigest()[:16]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     pass
 
 

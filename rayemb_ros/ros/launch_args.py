@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from rayemb_ros.errors import InputError
 from rayemb_ros.params import ParamError, Params
 
 PACKAGE = "rayemb_ros"
@@ -35,7 +36,7 @@ LOAD_VOLUME_TYPE = f"{PACKAGE}/srv/LoadVolume"
 NOT_OVERRIDDEN = ""
 
 
-class LaunchArgumentError(ValueError):
+class LaunchArgumentError(InputError, ValueError):
     """A launch argument that cannot work: the launch stops with this message."""
 
 

@@ -30,6 +30,7 @@ from visualization_msgs.msg import MarkerArray
 
 from rayemb_ros.io.images import ImageError
 from rayemb_ros.msg import LandmarkArray
+from rayemb_ros.errors import InputError
 from rayemb_ros.evaluation.overlay import draw_landmarks
 from rayemb_ros.params import ParamError, Params
 from rayemb_ros.ros import convert
@@ -184,19 +185,16 @@ class RayEmbNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node until SIGINT/SIGTERM: 0, or 2 for a bad parameter and 1 when it cannot
-    start. ``argv`` as rclpy takes it (None: sys.argv)."""
+    """Run the node until SIGINT/SIGTERM: 0, or 2 when it cannot start (a bad parameter, an
+    unreadable checkpoint). ``argv`` as rclpy takes it (None: sys.argv)."""
     rclpy.init(args=argv)
     try:
         node = RayEmbNode()
-    except ParamError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"bad parameter: {exc}")
+    except InputError as exc:  # a bad parameter, an unreadable checkpoint: one clear line (a bug keeps its traceback)
+        what = "bad parameter" if isinstance(exc, ParamError) else "cannot start"
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"{what}: {str(exc).splitlines()[0]}")
         rclpy.try_shutdown()
         return 2
-    except Exception as exc:  # e.g. an unreadable checkpoint: one clear line, not a traceback
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {type(exc).__name__}: {exc}")
-        rclpy.try_shutdown()
-        return 1
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:

@@ -101,23 +101,6 @@ def test_sqlite3_bag_with_custom_topics_and_no_ground_truth(tmp_path, frames):
     assert {"frame.png", "poses_3d.png", "errors.png"} <= figures_of(out / "report.html")
 
 
-def test_bad_arguments_are_one_line_errors(tmp_path, frames, capsys):
-    assert main(["replay", str(tmp_path / "nothing"), "--volume", "example", "--out", str(tmp_path / "o")]) == 2
-    assert "no bag directory" in capsys.readouterr().err
-    assert main(["replay", str(tmp_path), "--volume", "example", "--out", str(tmp_path / "o")]) == 2
-    assert "cannot read the bag" in capsys.readouterr().err
-    path = bag(tmp_path / "bag", frames[:1])
-    assert main(["replay", str(path), "--volume", "example", "--out", str(tmp_path / "o"),
-                 "--image-topic", "/elsewhere"]) == 2
-    err = capsys.readouterr().err
-    assert "no topic /elsewhere" in err and "/carm/image" in err  # it names the topics the bag has
-    assert main(["replay", str(tmp_path), "--volume", "example", "--out", str(tmp_path / "o"),
-                 "--checkpoint", str(tmp_path / "missing.pt")]) == 2
-    assert "checkpoint" in capsys.readouterr().err
-    assert main(["replay", str(path), "--volume", "example", "--out", str(tmp_path / "o"), "--refine-steps", "0"]) == 2
-    assert "refine_steps must be > 0" in capsys.readouterr().err
-
-
 # --- the evaluation on records with known errors (no estimator) ---
 
 

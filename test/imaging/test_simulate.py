@@ -98,9 +98,3 @@ def test_geometry_does_not_depend_on_image_settings(tmp_path, example_volume):
         np.testing.assert_allclose(frame.T_ct_source_gt, shot.T_ct_source, atol=1e-6)
         np.testing.assert_array_equal(frame.K, shot.detector.K)
         assert frame.encoding == "32FC1" and frame.image.min() >= 0
-
-
-def test_refuses_an_existing_output(tmp_path, capsys):
-    (tmp_path / "bag").mkdir()
-    assert simulate.run(cli("--volume", "example", "--out", tmp_path / "bag")) == 2
-    assert "exists already" in capsys.readouterr().err
