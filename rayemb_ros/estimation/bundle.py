@@ -185,3 +185,19 @@ def load_scene(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             return z["landmarks"], z["basis"]
     except Exception as exc:
         raise BundleError(f"bundle {folder}: {SCENE} cannot be read ({type(exc).__name__})") from exc
+
+
+# The one CT the shipped weights' trust gates were validated on (docs/results.md).
+VALIDATED_CT = "example"
+NOT_SELF_CHECKED = ("the CT has no self-check: the gates were validated on the training CT only "
+                    "(prepare this CT with `rayemb prepare`)")
+
+
+def volume_grade_reasons(spec: str) -> tuple[str, ...]:
+    """Why poses on the CT ``spec`` names are not navigation-grade, whatever the settings: a
+    prepared bundle answers by its self-check; a plain CT other than the one the gates were
+    validated on has none (on anatomy the encoder never saw, the gates have let poses > 10 mm
+    off through: docs/results.md)."""
+    if is_bundle(spec):
+        return read_record(spec).grade_reasons
+    return () if spec == VALIDATED_CT else (NOT_SELF_CHECKED,)

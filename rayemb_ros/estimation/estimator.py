@@ -21,7 +21,9 @@ import torch
 from jaxtyping import Float
 
 from rayemb_ros.estimation.refine import STANDALONE_SEARCH_SAMPLES, Refiner
-from rayemb_ros.estimation.bundle import WEIGHTS, BundleError, is_bundle, load_scene, read_record, verify
+from rayemb_ros.estimation.bundle import (
+    WEIGHTS, BundleError, is_bundle, load_scene, read_record, verify, volume_grade_reasons,
+)
 from rayemb_ros.estimation.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.estimation.scene import Scene, landmark_subspaces
 from rayemb_ros.estimation.trust import pnp_distrust, pose_grade, refined_distrust
@@ -107,7 +109,7 @@ class Estimator:
         verdict = record.self_check.verdict if record.self_check else "none"
         return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), folder, refiner,
                      encoder.to(memory_format=torch.channels_last), f"bundle {record.weights_digest}",
-                     record.grade_reasons, verdict)
+                     volume_grade_reasons(folder), verdict)
 
     def _info(self, scene: Scene) -> VolumeInfo:
         return VolumeInfo(path=scene.source, num_landmarks=len(scene.landmarks), load_seconds=0.0,
@@ -136,7 +138,7 @@ class Estimator:
         landmarks, basis = arrays["landmarks"], arrays["basis"]
         refiner = Refiner(volume, self.device) if self.renders_frames else None
         return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), source, refiner,
-                     weights=self.weights_label)
+                     weights=self.weights_label, grade_reasons=volume_grade_reasons(source))
 
     # ---------------------------------------------------------------- per frame
     def estimate(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Estimate:

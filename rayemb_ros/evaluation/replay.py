@@ -240,11 +240,12 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
            registration: Registration | None = None) -> Replay:
     """Register (``InProcess`` unless told otherwise), evaluate and write DIR's files.
     Raises VolumeError, ReplayError."""
+    from rayemb_ros.estimation.bundle import volume_grade_reasons
     from rayemb_ros.estimation.estimator import Estimator
     from rayemb_ros.estimation.trust import pose_grade
 
     registration = registration or InProcess()
-    grade = pose_grade(params)
+    grade = PoseGrade(pose_grade(params).reasons + volume_grade_reasons(volume_spec))
     out.mkdir(parents=True, exist_ok=True)
     progress = dict(desc="replay", unit="frame", file=sys.stderr)
     done = registration.register(bag, volume_spec, params, topics, out, progress)

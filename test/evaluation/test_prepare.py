@@ -10,11 +10,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rayemb_ros.cli import main
 from rayemb_ros.estimation.bundle import RECORD, SCENE, WEIGHTS, BundleError
 from rayemb_ros.estimation.estimator import Estimator
 from rayemb_ros.evaluation.prepare import PrepareConfig, prepare
-from rayemb_ros.learning.checkpoint import load_encoder, save_weights
+from rayemb_ros.learning.checkpoint import DEFAULT_CHECKPOINT, load_encoder, save_weights, weights_digest
 from rayemb_ros.params import Params
 
 
@@ -93,8 +92,12 @@ def test_a_bundle_is_refused_when_it_is_not_what_it_says(bundle, tmp_path):
         ct.write_bytes(data)
 
 
-def test_prepare_refuses_bad_input_in_one_line(tmp_path, capsys):
-    assert main(["prepare", "--volume", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "b")]) == 2
-    assert "rayemb prepare: error: no such file" in capsys.readouterr().err
-    assert main(["prepare", "--volume", "example", "--out", str(tmp_path / "b"), "--finetune-steps", "-1"]) == 2
-    assert not (tmp_path / "b" / RECORD).exists()
+@pytest.mark.slow
+def test_a_fine_tune_says_its_time_first_and_its_weights_are_the_bundles(coarse_ct, tmp_path):
+    said = []
+    record = prepare(PrepareConfig(str(coarse_ct), tmp_path / "tuned", device="cpu", finetune_steps=1, frames=2,
+                                   size=64), log=said.append)
+    assert said[0].startswith("fine-tune: 1 steps on") and " min on cpu" in said[0]
+    shipped = load_encoder(DEFAULT_CHECKPOINT)[0]
+    tuned = load_encoder(tmp_path / "tuned" / WEIGHTS)[0]
+    assert record.finetune_steps == 1 and record.weights_digest == weights_digest(tuned) != weights_digest(shipped)

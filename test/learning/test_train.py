@@ -142,3 +142,19 @@ def test_prefetched_batches_are_those_made_on_demand(coarse_ct):
     for step in (3, 4, 5):  # started at a resumed step
         ahead, now = prefetch(step), pool.batch(batch_rng(0, step))
         assert torch.equal(ahead.queries, now.queries) and torch.equal(ahead.uv_query, now.uv_query)
+
+
+def test_a_region_is_held_out_of_training(coarse_ct):
+    """--holdout-below-mm: training sees the slices above the plane only, in place."""
+    from rayemb_ros.geometry.volume import load_volume
+
+    volume = load_volume(coarse_ct)
+    z = volume.voxels_to_ct(np.array([[0.0, 0.0, k] for k in range(volume.shape[2])]))[:, 2]
+    plane = float(np.percentile(z, 40))
+    above = volume.above(plane)
+    kept_z = above.voxels_to_ct(np.array([[0.0, 0.0, k] for k in range(above.shape[2])]))[:, 2]
+    assert kept_z.min() >= plane and above.shape[2] == (z >= plane).sum()
+    k0 = int(np.flatnonzero(z >= plane).min())
+    np.testing.assert_array_equal(above.hu, volume.hu[:, :, k0:])  # the same voxels, in the same place
+    pool = PatientPool(TrainConfig(volumes=(str(coarse_ct),), holdout_below_mm=plane, **TINY), torch.device("cpu"))
+    assert pool.sampler(str(coarse_ct)).pool[:, 2].min() >= plane - 1e-6  # landmarks above the plane only
