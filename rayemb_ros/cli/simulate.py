@@ -7,13 +7,14 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from rayemb_ros.cli.arguments import at_least, new_output, output_path, positive_float, positive_int
+from rayemb_ros.cli.arguments import at_least, new_output, non_negative_int, output_path, positive_float, positive_int
 from rayemb_ros.geometry.camera import project
 from rayemb_ros.geometry.volume import Volume
-from rayemb_ros.imaging.simulate import RENDERERS
+from rayemb_ros.imaging.operating_room import DISPLAYS, DISTORTION_LEVELS, Distortion
+from rayemb_ros.imaging.simulate import RENDERERS, OperatingRoom
 from rayemb_ros.io.bags import STORAGES, Frame
 from rayemb_ros.io.images import ENCODINGS
-from rayemb_ros.params import IMAGE_INTENSITIES
+from rayemb_ros.params import IMAGE_INTENSITIES, ParamError
 
 SHEET_FRAMES = 12  # frames shown on a contact sheet
 
@@ -35,6 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contact-sheet", type=output_path, metavar="PNG",
                         help=f"also save the first {SHEET_FRAMES} frames with projected landmarks")
     parser.add_argument("--landmarks", type=positive_int, default=40, help="landmarks drawn on the contact sheet")
+    room = parser.add_argument_group("the operating room (each off by default; imaging/operating_room.py)")
+    room.add_argument("--instruments", type=non_negative_int, default=0, metavar="N",
+                      help="instruments per frame in the beam: K-wires, screws, plates, drill guides")
+    room.add_argument("--low-dose", action="store_true", help="30-300 photons per pixel instead of 300-30000")
+    room.add_argument("--display", choices=DISPLAYS, default="none",
+                      help="vendor display processing (S-shaped LUT, edge enhancement); inverted: bone dark")
+    room.add_argument("--distortion", choices=("none", *DISTORTION_LEVELS), default="none",
+                      help="image-intensifier distortion (edge displacement at 256 px: mild ~3 px, strong ~9 px); "
+                           "its dewarp model is written to BAG/dewarp.npz")
     parser.epilog = "example: rayemb simulate --volume example --out bags/seed101 --frames 40 --seed 101"
 
 
@@ -45,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from rayemb_ros.imaging.simulate import plan, simulate_frames
     from rayemb_ros.io.bags import write_bag
 
+    if args.display != "none" and args.image_intensity != "attenuation":
+        raise ParamError("--display makes a displayed frame: it needs --image-intensity attenuation")
+    room = OperatingRoom(args.instruments, args.low_dose, args.display, args.distortion)
     volume = load_volume(args.volume)
     shots = plan(volume, args.frames, args.seed, args.height, args.width)
     frames = simulate_frames(
-        volume, shots, args.seed, args.renderer, args.image_intensity, args.encoding, args.fps
+        volume, shots, args.seed, args.renderer, args.image_intensity, args.encoding, args.fps, room
     )
     shown: list[Frame] = []
 
@@ -60,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
     progress = tqdm(keep_for_sheet(frames), total=args.frames, desc="simulate", unit="frame")
     count = write_bag(args.out, progress, storage=args.storage)
+    if args.distortion != "none":
+        Distortion.level(args.distortion).save(args.out / "dewarp.npz", args.height, args.width)
+    room_said = ", ".join(f"{k} {v}" for k, v in vars(room).items() if v not in (0, False, "none"))
     print(f"wrote {count} frames ({args.width}x{args.height} {args.encoding}, {args.image_intensity}, "
-          f"{args.renderer}) to {args.out}")
+          f"{args.renderer}{', ' + room_said if room_said else ''}) to {args.out}")
     if args.contact_sheet is not None:
         _save_sheet(args.contact_sheet, volume, shown, args.landmarks, args.seed)
         print(f"contact sheet: {args.contact_sheet}")

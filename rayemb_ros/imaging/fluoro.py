@@ -175,7 +175,7 @@ class _TorchOps:
         return rows, torch.arange(w, dtype=x.dtype, device=x.device)[None, :]
 
 
-def _pipeline(L, s: FluoroStyle, ops, intensity: str):
+def _pipeline(L, s: FluoroStyle, ops, intensity: str, extra_depth=None):
     """The detector model of the module docstring, for either backend (``s`` holds floats
     for numpy, per-image tensors for torch)."""
     if intensity not in IMAGE_INTENSITIES:
@@ -185,7 +185,8 @@ def _pipeline(L, s: FluoroStyle, ops, intensity: str):
     x = (cols - (w - 1) / 2.0) / (w / 2.0)  # -1 .. 1 from left to right edge
     scale = s.optical_depth / (ops.image_max(L) + 1e-12)
     flux = s.dose * (1.0 + s.heel * x)
-    counts = ops.poisson(flux * ops.exp(-L * scale)) + s.read_noise * ops.normal_like(L)
+    depth = L * scale if extra_depth is None else L * scale + extra_depth  # + metal in the beam
+    counts = ops.poisson(flux * ops.exp(-depth)) + s.read_noise * ops.normal_like(L)
     counts = ops.blur(counts, s.blur_sigma)
     counts = ops.clip(counts, _MIN_COUNTS, s.saturation * s.dose)
     if intensity == "transmission":
@@ -208,10 +209,12 @@ def apply(
     style: FluoroStyle,
     rng: np.random.Generator,
     intensity: str = "attenuation",
+    extra_depth: Float[np.ndarray, "H W"] | None = None,
 ) -> Float[np.ndarray, "H W"]:
-    """One fluoroscopy frame (float32, >= 0, 0 outside the collimation) from a clean DRR."""
+    """One fluoroscopy frame (float32, >= 0, 0 outside the collimation) from a clean DRR.
+    ``extra_depth``: optical depth of what else is in the beam (instruments), before the noise."""
     L = np.asarray(line_integral, dtype=np.float32)
-    return np.ascontiguousarray(_pipeline(L, style, _NumpyOps(rng), intensity), dtype=np.float32)
+    return np.ascontiguousarray(_pipeline(L, style, _NumpyOps(rng), intensity, extra_depth), dtype=np.float32)
 
 
 def apply_batch(

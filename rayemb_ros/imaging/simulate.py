@@ -12,12 +12,15 @@ ground truth of a bag, whatever the renderer or image settings.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from jaxtyping import Float
 
 from rayemb_ros.imaging import fluoro
+from rayemb_ros.imaging.operating_room import (
+    DISPLAYS, DISTORTION_LEVELS, Display, Distortion, instrument_depth, low_dose, sample_instruments,
+)
 from rayemb_ros.io.bags import Frame
 from rayemb_ros.geometry.camera import Detector
 from rayemb_ros.geometry.poses import sample_detector, sample_poses
@@ -37,16 +40,37 @@ class Shot:
     style: fluoro.FluoroStyle
 
 
-def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
-    geometry, noise = np.random.default_rng(seed).spawn(2)
-    return geometry, noise
+def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """Geometry, noise, and the operating room's draws: three streams of one seed (turning an
+    operating-room effect on changes no geometry)."""
+    geometry, noise, operating_room = np.random.default_rng(seed).spawn(3)
+    return geometry, noise, operating_room
+
+
+@dataclass(frozen=True)
+class OperatingRoom:
+    """What of the operating room a bag's frames show (``imaging.operating_room``); all off by default."""
+
+    instruments: int = 0  # instruments per frame
+    low_dose: bool = False
+    display: str = "none"  # none | vendor | inverted
+    distortion: str = "none"  # none | mild | strong
+
+    def validated(self, intensity: str) -> OperatingRoom:
+        if self.instruments < 0:
+            raise ValueError("instruments must be 0 or more")
+        if self.display not in DISPLAYS or self.distortion not in ("none", *DISTORTION_LEVELS):
+            raise ValueError(f"display must be one of {DISPLAYS}, distortion none or one of {list(DISTORTION_LEVELS)}")
+        if self.display != "none" and intensity != "attenuation":
+            raise ValueError("display processing makes a displayed frame: it needs attenuation intensity")
+        return self
 
 
 def plan(volume: Volume, frames: int, seed: int, height: int, width: int,
          center: Float[np.ndarray, "3"] | None = None) -> list[Shot]:
     """The frames' poses, detectors and styles for a seed (deterministic), aimed at the CT's
     centre or at ``center`` (mm, ``ct``)."""
-    rng, _ = _streams(seed)
+    rng, _, _ = _streams(seed)
     poses = sample_poses(rng, frames, volume.center if center is None else np.asarray(center, dtype=np.float64))
     return [Shot(T, sample_detector(rng, height, width), fluoro.sample_style(rng)) for T in poses]
 
@@ -68,12 +92,25 @@ def simulate_frames(
     intensity: str = "attenuation",
     encoding: str = "mono16",
     fps: float = 10.0,
+    operating_room: OperatingRoom = OperatingRoom(),
 ) -> Iterator[Frame]:
     """Render and degrade the planned shots one at a time (lazily: bags stream to disk)."""
-    _, noise = _streams(seed)
+    room = operating_room.validated(intensity)
+    _, noise, room_rng = _streams(seed)
     render_one = _line_integrals(volume, renderer)
+    distortion = Distortion.level(room.distortion) if room.distortion != "none" else None
     for i, shot in enumerate(shots):
-        image = fluoro.apply(render_one(shot), shot.style, noise, intensity)
+        style, metal = shot.style, None
+        if room.instruments:
+            rods = sample_instruments(room_rng, volume, room.instruments)
+            metal = instrument_depth(rods, shot.T_ct_source, shot.detector)
+        if room.low_dose:
+            style = replace(style, dose=low_dose(room_rng))
+        image = fluoro.apply(render_one(shot), style, noise, intensity, metal)
+        if room.display != "none":
+            image = Display.sample(room_rng, inverted=room.display == "inverted").apply(image)
+        if distortion is not None:
+            image = distortion.apply(image)
         yield Frame(
             stamp_ns=START_NS + round(i * 1e9 / fps),
             image=image,
