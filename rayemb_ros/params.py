@@ -90,6 +90,11 @@ class Params:
     # median 15.0 -> 3.8 mm, GFR@10 60 -> 7.5 %. Off = landmarks and PnP alone. Refinement
     # runs this search itself.
     depth_search: bool = True
+    # An image intensifier's dewarp model (a grid file: map_u, map_v, where each ideal pixel
+    # shows in the distorted frame; `rayemb simulate --distortion` writes one as BAG/dewarp.npz):
+    # frames are undistorted with it before registration. "" = a flat panel, no distortion.
+    # CameraInfo's plumb_bob is not used: it has no term for an intensifier's S-distortion.
+    dewarp: str = ""
     # attenuation: brighter = more attenuation (DRR / displayed fluoroscopy);
     # transmission: raw detector signal, the node takes -log.
     image_intensity: str = "attenuation"
@@ -128,6 +133,8 @@ class Params:
             raise ParamError("ct_frame and source_frame must be two different non-empty names")
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ParamError(f"checkpoint {self.checkpoint!r} is not a file")
+        if self.dewarp and not Path(self.dewarp).expanduser().is_file():
+            raise ParamError(f"dewarp {self.dewarp!r} is not a file")
         return self
 
     @classmethod

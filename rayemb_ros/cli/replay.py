@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="", help="encoder weights ('' = the shipped checkpoint)")
     parser.add_argument("--image-intensity", choices=IMAGE_INTENSITIES, default="attenuation",
                         help="the bag's image intensity: attenuation (brighter = denser) or transmission (raw)")
+    parser.add_argument("--dewarp", type=existing_path, metavar="NPZ",
+                        help="the camera's dewarp model (grid file; a simulated bag's BAG/dewarp.npz): frames are "
+                             "undistorted with it before registration")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=Params.refine,
                         help="intensity-based refinement after PnP")
     parser.add_argument("--refine-steps", type=positive_int, default=Params.refine_steps, metavar="N",
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         load_encoder(args.checkpoint)
     params = Params(device=args.device, checkpoint=args.checkpoint, image_intensity=args.image_intensity,
-                    refine=args.refine, refine_steps=args.refine_steps).validated()
+                    dewarp=str(args.dewarp or ""), refine=args.refine, refine_steps=args.refine_steps).validated()
     check_bag(args.bag, args.image_topic, args.info_topic, args.pose_topic)
     registration = None  # in process
     if args.via_node:

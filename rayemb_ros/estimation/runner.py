@@ -28,7 +28,7 @@ from jaxtyping import Float
 
 from rayemb_ros.io.camera_info import CAMERA_INFO_HISTORY, NO_CAMERA_INFO, camera_info_for_image
 from rayemb_ros.io.images import ImageError
-from rayemb_ros.imaging.intensity import to_attenuation
+from rayemb_ros.imaging.intensity import estimator_image
 from rayemb_ros.params import Params
 from rayemb_ros.estimation.bundle import BundleError, is_bundle, read_record
 from rayemb_ros.estimation.result import Estimate, PoseGrade, VolumeInfo
@@ -355,7 +355,7 @@ class Runner:
                 self._reject(f"image is {width}x{height} but its CameraInfo is {info.width}x{info.height}")
             return
         try:
-            image = to_attenuation(frame.image, self._params.image_intensity)
+            image = estimator_image(frame.image, self._params.image_intensity, self._params.dewarp)
         except ImageError as exc:
             with self._cv:
                 self._reject(str(exc))

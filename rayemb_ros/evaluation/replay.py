@@ -31,7 +31,7 @@ from rayemb_ros.errors import InputError
 from rayemb_ros.io.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC, read_bag
 from rayemb_ros.io.camera_info import NO_CAMERA_INFO
 from rayemb_ros.io.images import ImageError
-from rayemb_ros.imaging.intensity import to_attenuation
+from rayemb_ros.imaging.intensity import estimator_image
 from rayemb_ros.evaluation.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
 from rayemb_ros.params import Params
 from rayemb_ros.evaluation.records import FrameRecord, json_safe, write_estimates
@@ -81,22 +81,23 @@ class ReplayError(InputError, RuntimeError):
 # --------------------------------------------------------------------------- registration
 
 
-def prepare_image(frame, intensity: str) -> np.ndarray | str:
-    """The attenuation image the estimator gets, or the reason the frame is unusable."""
+def prepare_image(frame, params: Params) -> np.ndarray | str:
+    """The image the estimator gets (``imaging.intensity.estimator_image``), or the reason the
+    frame is unusable."""
     if isinstance(frame.image, ImageError):
         return str(frame.image)
     if frame.K is None:
         return frame.K_missing or f"{NO_CAMERA_INFO} at or before this image's stamp"
     try:
-        return to_attenuation(frame.image, intensity)
+        return estimator_image(frame.image, params.image_intensity, params.dewarp)
     except ImageError as exc:
         return str(exc)
 
 
-def register_in_process(estimator, bag: Path, topics: Topics, intensity: str):
+def register_in_process(estimator, bag: Path, topics: Topics, params: Params):
     """FrameRecords of the bag's images, estimated here one after the other (lazily)."""
     for index, frame in enumerate(topics.read(bag)):
-        image = prepare_image(frame, intensity)
+        image = prepare_image(frame, params)
         if isinstance(image, str):
             yield FrameRecord.unusable(index, frame, image)
         else:
@@ -140,7 +141,7 @@ class InProcess:
 
         estimator = Estimator(params)
         estimator.load_volume(volume_spec)
-        records = list(tqdm(register_in_process(estimator, bag, topics, params.image_intensity), **progress))
+        records = list(tqdm(register_in_process(estimator, bag, topics, params), **progress))
         return Registered(records, estimator.scene.volume, estimator)
 
 
@@ -227,7 +228,7 @@ def _write_report(out: Path, bag: Path, topics: Topics, params: Params, records,
     shown = _shown_record(records, mtre)
     if shown is not None:
         frame = next(f for i, f in enumerate(topics.read(bag)) if i == shown.index)
-        data.shown, data.shown_image = shown, to_attenuation(frame.image, params.image_intensity)
+        data.shown, data.shown_image = shown, estimator_image(frame.image, params.image_intensity, params.dewarp)
         if len(shown.landmarks) and estimator is not None:
             data.heatmaps, data.heatmap_titles = _heatmaps(estimator, shown, data.shown_image)
     return write_page(out, data)
@@ -260,6 +261,7 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
         estimator.set_volume(volume, volume_spec)
     facts = {"bag": str(bag), "volume": volume_spec, "mode": registration.mode,
              "refinement": "on" if params.refine else "off", "image intensity": params.image_intensity,
+             "dewarp model": params.dewarp or "none",
              "device": params.device, "checkpoint": params.checkpoint or "the shipped default",
              "pose grade": str(grade)}
     report = _write_report(out, bag, topics, params, records, evaluation, volume, estimator, facts,

@@ -82,3 +82,18 @@ def test_each_effect_is_off_by_default_and_changes_no_ground_truth(example_volum
     rods = sample_instruments(np.random.default_rng(1), example_volume, 6)
     assert len(rods) >= 6 and all(r.radius_mm > 0 and r.per_mm > 0 for r in rods)
     assert set(DISTORTION_LEVELS) == {"mild", "strong"}
+
+
+def test_the_estimator_sees_frames_dewarped_and_a_model_of_another_size_is_refused(tmp_path):
+    from rayemb_ros.imaging.intensity import estimator_image
+    from rayemb_ros.io.images import ImageError
+
+    rng = np.random.default_rng(1)
+    ideal = cv_smooth(rng.random((128, 160)).astype(np.float32)) + 1.0
+    d = Distortion.level("strong")
+    model = str(d.save(tmp_path / "dewarp.npz", 128, 160))
+    seen = estimator_image(d.apply(ideal), "attenuation", model)
+    inner = (slice(30, -30), slice(30, -30))
+    assert np.abs(seen[inner] - ideal[inner]).max() < 0.05
+    with pytest.raises(ImageError, match="dewarp model"):
+        estimator_image(np.ones((64, 64), np.float32) + np.eye(64, dtype=np.float32), "attenuation", model)
