@@ -65,8 +65,8 @@ class SelfCheck:
     def verdict(self) -> str:
         if self.passed:
             return "pass" if self.default_gates else "pass, but not with the default trust gates"
-        return (f"fail (median {_mm(self.median_mm)}, GFR@10 {self.gfr10_percent:.1f} %, "
-                f"{self.published_over_10mm} published > 10 mm; pass: median <= {PASS_MEDIAN_MM} mm, "
+        return (f"fail: median {_mm(self.median_mm)}, GFR@10 {self.gfr10_percent:.1f} %, "
+                f"{self.published_over_10mm} published > 10 mm (a pass needs median <= {PASS_MEDIAN_MM} mm, "
                 f"GFR@10 <= {PASS_GFR10_PERCENT:g} %, none published > 10 mm)")
 
 
@@ -107,7 +107,7 @@ class Record:
         if self.self_check is None:
             return ("the bundle has no self-check",)
         if not self.self_check.passed:
-            return (f"the bundle's self-check failed: {self.self_check.verdict}",)
+            return (f"the bundle's self-check: {self.self_check.verdict}",)
         if not self.self_check.default_gates:
             return ("the bundle's self-check ran without the default trust gates",)
         return ()

@@ -49,7 +49,7 @@ def test_the_estimator_registers_with_the_bundle_and_grades_by_its_self_check(bu
     assert estimator.pose_grade.reasons == record.grade_reasons
     failed = replace(record.self_check, published_over_10mm=1)  # as if a wrong pose had been published
     assert not failed.passed and replace(record, self_check=failed).grade_reasons[0].startswith(
-        "the bundle's self-check failed")
+        "the bundle's self-check: fail")
     assert replace(record, self_check=None).grade_reasons == ("the bundle has no self-check",)
 
 
