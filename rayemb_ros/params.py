@@ -79,6 +79,13 @@ class Params:
     # see a pose stuck at a wrong depth (it fits a scale first); this check does. Set on the
     # 100-frame bags of seeds 505 and 707: right poses <= 4.4 mm, the one pose 22 mm off 6.7 mm.
     max_depth_check_mm: float = 5.0
+    # ... and, refined or moved by the depth search, only a pose whose DRR explains the frame:
+    # the plain NCC (collimated field) of the frame with the DRR at the pose's matched
+    # magnification must reach this. 2026-12-03, 190 frames: right poses 0.82-0.99 (clean,
+    # 69 frames; with instruments, low dose and vendor display processing, 27); the five
+    # poses published from inverted-polarity frames or frames read with the wrong intensity
+    # convention (72-171 mm off) -0.24-0.26. It cannot see a distorted frame (docs/operating_room.md).
+    min_appearance_ncc: float = 0.5
     # Adam steps over refinement's two levels (70 % at 64 px, 30 % at 96 px), ~65 ms each on
     # 2 CPU cores. Fewer trade accuracy for time (docs/results.md, operating points: 4 steps, 0.5 s, median 2.3 mm); the
     # refined-pose gates were validated at 18, so fewer makes the poses tracking-grade
@@ -126,6 +133,8 @@ class Params:
             raise ParamError("templates_per_landmark must not exceed num_templates")
         if self.min_inliers < 6:
             raise ParamError(f"min_inliers must be >= 6 for a stable PnP, got {self.min_inliers}")
+        if not -1.0 <= self.min_appearance_ncc < 1.0:
+            raise ParamError(f"min_appearance_ncc must be in [-1, 1), got {self.min_appearance_ncc}")
         for name in ("min_inlier_ratio", "refine_min_inlier_ratio"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ParamError(f"{name} must be in (0, 1], got {getattr(self, name)}")

@@ -26,7 +26,7 @@ from rayemb_ros.estimation.bundle import (
 )
 from rayemb_ros.estimation.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.estimation.scene import Scene, landmark_subspaces
-from rayemb_ros.estimation.trust import pnp_distrust, pose_grade, refined_distrust
+from rayemb_ros.estimation.trust import appearance_distrust, pnp_distrust, pose_grade, refined_distrust
 from rayemb_ros.geometry.camera import REFERENCE_WIDTH, rescale_pixels, resize_image, working_grid
 from rayemb_ros.geometry.pnp import solve_pnp
 from rayemb_ros.geometry.volume import Volume, load_volume
@@ -196,8 +196,12 @@ class Estimator:
                 stage["total"] = (time.perf_counter() - started) * 1000
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         elif self.params.depth_search:
-            T = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm, STANDALONE_SEARCH_SAMPLES)
+            T, match = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm, STANDALONE_SEARCH_SAMPLES)
             t = tick("depth", t)
+            reason = appearance_distrust(match.appearance_ncc, self.params)
+            if reason:
+                stage["total"] = (time.perf_counter() - started) * 1000
+                return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         stage["total"] = (time.perf_counter() - started) * 1000
         return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
 

@@ -83,6 +83,17 @@ class Level:
 LEVELS = (Level(64, 0.7, 1e-2, 1.0), Level(96, 0.3, 2e-3, 0.4))
 
 
+@dataclass(frozen=True)
+class DepthMatch:
+    """The magnification search's answer: how far to move the source towards the CT centre
+    along its ray (mm), and the plain NCC of the frame with the DRR at the best magnification
+    over the collimated field: whether the pose explains the image at all (a frame shown with
+    inverted polarity, or read with the wrong intensity convention, does not)."""
+
+    shift_mm: float
+    appearance_ncc: float
+
+
 @dataclass
 class Refinement:
     """A refined pose (camera-to-world, mm), the gradient NCC, in [-1, 1], of the start and
@@ -95,6 +106,7 @@ class Refinement:
     score_initial: float
     score: float
     depth_check_mm: float
+    appearance_ncc: float  # DepthMatch.appearance_ncc at the refined pose
 
 
 def field_mask(image: Float[torch.Tensor, "H W"]) -> Float[torch.Tensor, "H W"]:
@@ -166,25 +178,27 @@ class Refiner:
         return target[None], field_mask(target), Detector.from_K(K_small, height, width, sdd_mm)
 
     def magnification_search(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float,
-                             samples: int = MAGNIFICATION_SAMPLES) -> np.ndarray:
+                             samples: int = MAGNIFICATION_SAMPLES) -> tuple[np.ndarray, DepthMatch]:
         """``T`` moved along the ray through the CT centre to where the DRR's magnification
-        matches the frame's (by :meth:`magnification_shift_mm`)."""
-        return self._moved_along_ray(T, self.magnification_shift_mm(T, image, K, sdd_mm, samples))
+        matches the frame's, and the match (:meth:`match_magnification`)."""
+        match = self.match_magnification(T, image, K, sdd_mm, samples)
+        return self._moved_along_ray(T, match.shift_mm), match
 
     def _moved_along_ray(self, T: Float[np.ndarray, "4 4"], shift_mm: float) -> Float[np.ndarray, "4 4"]:
         """``T`` with the source moved ``shift_mm`` towards the CT centre, along the ray through it."""
         ray = self._centre_in_source(T)
         return T @ _translation(shift_mm * ray / np.linalg.norm(ray))
 
-    def magnification_shift_mm(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float,
-                               samples: int = MAGNIFICATION_SAMPLES) -> float:
+    def match_magnification(self, T: np.ndarray, image: np.ndarray, K: np.ndarray, sdd_mm: float,
+                            samples: int = MAGNIFICATION_SAMPLES) -> DepthMatch:
         """How far (mm) to move the source from ``T`` towards the CT centre, along the ray
         through it, for the DRR's magnification to match the frame's. PnP's weak direction is
         depth, which shows only as magnification (a layout shrunk by 3 % reads as a CT ~25 mm
         too far away), and at 64 px that is a fraction of a pixel: here one DRR at 128 px is
         scaled about the CT centre's projection by every candidate factor (scaling an image is
         cheap; rendering it is not), and the best factor, interpolated between candidates,
-        says how far to move. ``samples``: ray samples of that DRR."""
+        says how far to move. ``samples``: ray samples of that DRR. Also how well the DRR at the
+        best candidate explains the frame (plain NCC: ``DepthMatch.appearance_ncc``)."""
         target, mask, detector = self._target(image, K, MAGNIFICATION_WIDTH, sdd_mm)
         h, w = target.shape[-2:]
         pad = int(np.ceil(MAGNIFICATION_PAD * w))
@@ -203,7 +217,8 @@ class Refiner:
             drr = gaussian_blur(drr[:, None], torch.tensor([MAGNIFICATION_BLUR_PX], device=drr.device))[:, 0]
             scaled = F.grid_sample(drr[None].expand(len(MAGNIFICATIONS), -1, -1, -1), grid, align_corners=True)[:, 0]
             scores = gradient_ncc(scaled, target, mask).cpu().numpy().astype(np.float64)
-        i = int(np.argmax(scores))
+            i = int(np.argmax(scores))
+            appearance = float(masked_ncc(scaled[i : i + 1], target, mask)[0])
         factor = MAGNIFICATIONS[i]
         if 0 < i < len(scores) - 1:  # parabola through the best and its neighbours
             curvature = scores[i - 1] - 2 * scores[i] + scores[i + 1]
@@ -212,7 +227,7 @@ class Refiner:
                 factor += 0.5 * step * (scores[i - 1] - scores[i + 1]) / curvature
         # The source moved towards the CT centre by ``shift`` along the ray magnifies it by
         # distance / (distance - shift).
-        return float((1.0 - 1.0 / factor) * np.linalg.norm(self._centre_in_source(T)))
+        return DepthMatch(float((1.0 - 1.0 / factor) * np.linalg.norm(self._centre_in_source(T))), appearance)
 
     def _descend(self, T_start: np.ndarray, target, mask, detector, level: Level, steps: int) -> tuple[np.ndarray, float]:
         """Adam steps from ``T_start``; the best pose seen (the start included) and its score."""
@@ -255,7 +270,7 @@ class Refiner:
         for i, level in enumerate(LEVELS):
             # Depth first, then the rotation and shifts it unlocks; at the second level the
             # search starts from a pose whose rotation is right, and lands nearer the truth.
-            T = self.magnification_search(T, image, K, sdd_mm)
+            T, _ = self.magnification_search(T, image, K, sdd_mm)
             target, mask, detector = self._target(image, K, level.width, sdd_mm)
             n = max(1, int(round(steps * level.share)))
             T, score = self._descend(T, target, mask, detector, level, n)
@@ -263,10 +278,10 @@ class Refiner:
                 score_initial = self._score(T_initial, target, mask, detector)
                 if score_initial >= score:  # the finest level prefers where we began
                     T, score = np.asarray(T_initial, dtype=np.float64), score_initial
-        shift = self.magnification_shift_mm(T, image, K, sdd_mm)
-        if abs(shift) > DEPTH_SETTLE_MM:
-            T = self._moved_along_ray(T, shift)
-        return Refinement(T, score_initial, score, shift)
+        check = self.match_magnification(T, image, K, sdd_mm)
+        if abs(check.shift_mm) > DEPTH_SETTLE_MM:
+            T = self._moved_along_ray(T, check.shift_mm)
+        return Refinement(T, score_initial, score, check.shift_mm, check.appearance_ncc)
 
     def _score(self, T: np.ndarray, target, mask, detector) -> float:
         with torch.no_grad():

@@ -70,6 +70,17 @@ def refined_distrust(refined: Refinement, T_pnp: Float[np.ndarray, "4 4"], K: Fl
     if not abs(refined.depth_check_mm) <= params.max_depth_check_mm:
         return (f"refined depth has not settled (the magnification search would move it "
                 f"{refined.depth_check_mm:+.1f} mm, more than {params.max_depth_check_mm:.1f})")
+    return appearance_distrust(refined.appearance_ncc, params)
+
+
+def appearance_distrust(appearance_ncc: float, params: Params) -> str:
+    """Why a pose whose DRR does not explain the frame must not be published, or "". A right
+    pose's DRR correlates with the frame (plain NCC >= 0.82 on every right pose measured); a
+    frame shown with inverted polarity, or read with the wrong intensity convention, gives
+    poses that correlate with nothing (docs/operating_room.md)."""
+    if not appearance_ncc >= params.min_appearance_ncc:
+        return (f"the pose's DRR does not explain the frame (NCC {appearance_ncc:.2f} below "
+                f"{params.min_appearance_ncc:.2f}): inverted polarity, or the wrong image_intensity?")
     return ""
 
 
@@ -78,6 +89,7 @@ def refined_distrust(refined: Refinement, T_pnp: Float[np.ndarray, "4 4"], K: Fl
 LOOSENED_BY = {
     "min_inliers": -1, "min_inlier_ratio": -1, "refine_min_inlier_ratio": -1, "ransac_threshold_px": +1,
     "max_reprojection_error_px": +1, "max_residual_increase_px": +1, "max_depth_check_mm": +1,
+    "min_appearance_ncc": -1,
 }
 
 

@@ -61,11 +61,12 @@ def test_magnification_search_finds_the_depth(example_volume, held_out_frames):
     for frame, depth_mm in zip(held_out_frames, (60.0, -45.0)):
         start = shifted(frame.T_ct_source_gt, example_volume, depth_mm, 0.0, [1, 0, 0])
         assert depth_error(start, frame.T_ct_source_gt, example_volume) == pytest.approx(depth_mm)
-        found = refiner.magnification_search(start, frame.image, frame.K, sdd_mm=1020.0)
+        found, _ = refiner.magnification_search(start, frame.image, frame.K, sdd_mm=1020.0)
         assert abs(depth_error(found, frame.T_ct_source_gt, example_volume)) < 5.0
         # from the truth it stays put (unsmoothed, resampling alone moved right poses 2-7 mm)
-        kept = refiner.magnification_search(frame.T_ct_source_gt, frame.image, frame.K, sdd_mm=1020.0)
+        kept, match = refiner.magnification_search(frame.T_ct_source_gt, frame.image, frame.K, sdd_mm=1020.0)
         assert abs(depth_error(kept, frame.T_ct_source_gt, example_volume)) < 1.5
+        assert match.appearance_ncc > 0.8  # the true pose explains the frame
 
 
 @pytest.mark.slow
@@ -110,3 +111,20 @@ def test_coarsened_volume_keeps_the_anatomy_in_place(example_volume):
 
     assert np.linalg.norm(centre_of_mass(coarse) - centre_of_mass(example_volume)) < 0.05
     assert example_volume.coarsened(0.5) is example_volume
+
+
+def test_a_frame_shown_inverted_is_not_explained_by_the_true_pose(example_volume, held_out_frames):
+    """The appearance gate's signal: at the true pose the DRR explains the frame (plain NCC
+    > 0.8), but not the same frame with inverted polarity, nor one read as transmission."""
+    from rayemb_ros.imaging.intensity import to_attenuation
+
+    refiner = Refiner(example_volume)
+    for frame in held_out_frames:
+        field = frame.image > 0
+        inverted = np.where(field, frame.image.max() - frame.image, 0.0).astype(np.float32)
+        misread = to_attenuation(frame.image, "transmission")
+        for image, ceiling in ((inverted, 0.3), (misread, 0.3)):
+            _, match = refiner.magnification_search(frame.T_ct_source_gt, image, frame.K, sdd_mm=1020.0)
+            assert match.appearance_ncc < ceiling
+        _, match = refiner.magnification_search(frame.T_ct_source_gt, frame.image, frame.K, sdd_mm=1020.0)
+        assert match.appearance_ncc > 0.8
