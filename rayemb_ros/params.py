@@ -84,7 +84,7 @@ class Params:
     # magnification must reach this. 2026-12-03, 190 frames: right poses 0.82-0.99 (clean,
     # 69 frames; with instruments, low dose and vendor display processing, 27); the five
     # poses published from inverted-polarity frames or frames read with the wrong intensity
-    # convention (72-171 mm off) -0.24-0.26. It cannot see a distorted frame (docs/operating_room.md).
+    # convention (73-182 mm off) -0.24-0.26. It cannot see a distorted frame (docs/operating_room.md).
     min_appearance_ncc: float = 0.5
     # Adam steps over refinement's two levels (70 % at 64 px, 30 % at 96 px), ~65 ms each on
     # 2 CPU cores. Fewer trade accuracy for time (docs/results.md, operating points: 4 steps, 0.5 s, median 2.3 mm); the
