@@ -14,7 +14,7 @@ from rayemb_ros.imaging.operating_room import DISPLAYS, DISTORTION_LEVELS, Disto
 from rayemb_ros.imaging.simulate import RENDERERS, OperatingRoom
 from rayemb_ros.io.bags import STORAGES, Frame
 from rayemb_ros.io.images import ENCODINGS
-from rayemb_ros.params import IMAGE_INTENSITIES, ParamError
+from rayemb_ros.params import IMAGE_INTENSITIES
 
 SHEET_FRAMES = 12  # frames shown on a contact sheet
 
@@ -55,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from rayemb_ros.imaging.simulate import plan, simulate_frames
     from rayemb_ros.io.bags import write_bag
 
-    if args.display != "none" and args.image_intensity != "attenuation":
-        raise ParamError("--display makes a displayed frame: it needs --image-intensity attenuation")
-    room = OperatingRoom(args.instruments, args.low_dose, args.display, args.distortion)
+    room = OperatingRoom(args.instruments, args.low_dose, args.display, args.distortion).validated(args.image_intensity)
     volume = load_volume(args.volume)
     shots = plan(volume, args.frames, args.seed, args.height, args.width)
     frames = simulate_frames(

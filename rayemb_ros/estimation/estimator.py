@@ -46,7 +46,6 @@ class Estimator:
         self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
         # Identifies the weights for the scene cache (state, not file name).
         self._weights_id = weights_digest(self.encoder)
-        self.image_size = self.encoder.config.image_size
         self.weights_label = params.checkpoint or "the shipped checkpoint"
         # NHWC: oneDNN's convolutions run this network ~20 % faster on a CPU (128 px, 2
         # threads), and the embeddings agree with NCHW's to 4e-6.
@@ -109,7 +108,7 @@ class Estimator:
         verdict = record.self_check.verdict if record.self_check else "none"
         return Scene(volume, landmarks, torch.as_tensor(basis, device=self.device), folder, refiner,
                      encoder.to(memory_format=torch.channels_last), f"bundle {record.weights_digest}",
-                     volume_grade_reasons(folder), verdict)
+                     record.grade_reasons, verdict)
 
     def _info(self, scene: Scene) -> VolumeInfo:
         return VolumeInfo(path=scene.source, num_landmarks=len(scene.landmarks), load_seconds=0.0,
@@ -182,28 +181,28 @@ class Estimator:
         reproj = pnp.reprojection_error_px * scale
         num_inliers = int(pnp.inliers.sum())
         common = dict(num_inliers=num_inliers, reprojection_error_px=reproj, stage_ms=stage)
+
+        def decided(reason: str, T: np.ndarray | None = None) -> Estimate:
+            """The frame's estimate: refused for ``reason``, else the pose ``T``, timed."""
+            stage["total"] = (time.perf_counter() - started) * 1000
+            if reason:
+                return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
+            return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
+
         reason = pnp_distrust(pnp.T_ct_source, scene.volume.center, num_inliers, len(points), reproj, self.params)
         if reason:
-            stage["total"] = (time.perf_counter() - started) * 1000
-            return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
+            return decided(reason)
         T = pnp.T_ct_source
         if self.params.refine:
             refined = scene.refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
             T = refined.T_ct_source
             t = tick("refine", t)
             reason = refined_distrust(refined, pnp.T_ct_source, K, landmarks, scale, self.params)
-            if reason:
-                stage["total"] = (time.perf_counter() - started) * 1000
-                return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
         elif self.params.depth_search:
             T, match = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm, STANDALONE_SEARCH_SAMPLES)
             t = tick("depth", t)
             reason = appearance_distrust(match.appearance_ncc, self.params)
-            if reason:
-                stage["total"] = (time.perf_counter() - started) * 1000
-                return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
-        stage["total"] = (time.perf_counter() - started) * 1000
-        return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
+        return decided(reason, T)
 
     def embed(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Float[torch.Tensor, "1 D h w"]:
         """Ray embeddings of a frame on the working grid (the encoder's width, the frame's

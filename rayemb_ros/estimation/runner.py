@@ -34,7 +34,6 @@ from rayemb_ros.estimation.bundle import BundleError, is_bundle, read_record
 from rayemb_ros.estimation.result import Estimate, PoseGrade, VolumeInfo
 
 
-
 @dataclass(frozen=True)
 class PairingWaits:
     """How long a frame waits for the CameraInfo with its stamp (seconds).

@@ -165,10 +165,10 @@ def simulated_sets(config: BenchmarkConfig, landmarks_ct: Float[np.ndarray, "14 
         yield TestSet(f"new_patient_{patient_seed}", f"a new patient made from {what} (anatomy seed {patient_seed}, "
                       f"never used in training), frames seed {seed}", variant.volume, images, K, T_gt,
                       variant.carry(landmarks_ct), seed, unseen=True)
-    seed = config.seed + 1000
-    images, K, T_gt = simulated_frames(volume.mirrored(), config.frames, seed, config.width)
+    seed, mirrored = config.seed + 1000, volume.mirrored()
+    images, K, T_gt = simulated_frames(mirrored, config.frames, seed, config.width)
     yield TestSet("example_mirrored", f"{what} mirrored left-right (an anatomy never seen in training), seed {seed}",
-                  volume.mirrored(), images, K, T_gt, volume.mirror_points(landmarks_ct), seed, unseen=True)
+                  mirrored, images, K, T_gt, volume.mirror_points(landmarks_ct), seed, unseen=True)
     if config.region:
         seed = config.seed + 2000
         images, K, T_gt = simulated_frames(volume, config.frames, seed, config.width, region_centre)

@@ -28,7 +28,7 @@ from rayemb_ros.estimation.bundle import (
     SELF_CHECK, WEIGHTS, Record, SelfCheck, default_gates, save_scene, scene_settings, write_record,
 )
 from rayemb_ros.evaluation.metrics import GFR_THRESHOLDS_MM
-from rayemb_ros.geometry.volume import EXAMPLE, load_volume, source_digest
+from rayemb_ros.geometry.volume import EXAMPLE, Volume, load_volume, source_digest
 from rayemb_ros.learning.checkpoint import DEFAULT_CHECKPOINT, load_encoder, weights_digest
 from rayemb_ros.params import Params
 
@@ -48,9 +48,14 @@ class PrepareConfig:
     size: int = 256  # self-check frame width = height (px)
 
 
+def _source_weights(config: PrepareConfig) -> Path:
+    """The patient-agnostic weights a bundle starts from."""
+    return Path(config.checkpoint).expanduser() if config.checkpoint else DEFAULT_CHECKPOINT
+
+
 def _weights(config: PrepareConfig, log: Callable[[str], None]) -> Path:
     """BUNDLE/weights.pt: the checkpoint as it is, or fine-tuned on this CT."""
-    source = Path(config.checkpoint).expanduser() if config.checkpoint else DEFAULT_CHECKPOINT
+    source = _source_weights(config)
     target = config.out / WEIGHTS
     if config.finetune_steps == 0:
         shutil.copyfile(source, target)
@@ -86,8 +91,9 @@ def _estimate_minutes(tune) -> float:
     return (time.perf_counter() - started) * tune.steps / 60.0
 
 
-def self_check(folder: Path, params: Params, config: PrepareConfig, log: Callable[[str], None]) -> SelfCheck:
-    """Simulated held-out frames of this CT registered with the bundle ``folder``."""
+def self_check(folder: Path, volume: Volume, params: Params, config: PrepareConfig,
+               log: Callable[[str], None]) -> SelfCheck:
+    """Simulated held-out frames of this CT (``volume``) registered with the bundle ``folder``."""
     from tqdm import tqdm
 
     from rayemb_ros.evaluation.replay import replay
@@ -97,7 +103,6 @@ def self_check(folder: Path, params: Params, config: PrepareConfig, log: Callabl
     out = folder / SELF_CHECK
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    volume = load_volume(config.volume)
     shots = plan(volume, config.frames, SELF_CHECK_SEED, config.size, config.size)
     frames = tqdm(simulate_frames(volume, shots, SELF_CHECK_SEED), total=len(shots), desc="self-check frames",
                   unit="frame", file=sys.stderr)
@@ -123,7 +128,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> Record
     ct_path = config.volume if config.volume == EXAMPLE else str(Path(config.volume).expanduser().resolve())
     config = replace(config, volume=ct_path)
     volume = load_volume(ct_path)  # a VolumeError or CheckpointError before any work
-    load_encoder(Path(config.checkpoint).expanduser() if config.checkpoint else DEFAULT_CHECKPOINT)
+    load_encoder(_source_weights(config))
     digest = source_digest(ct_path)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / RECORD).unlink(missing_ok=True)  # the folder is no bundle until it is complete again
@@ -136,6 +141,6 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> Record
                     weights_from=config.checkpoint or "the shipped checkpoint", finetune_steps=config.finetune_steps,
                     settings=scene_settings(params), software=__version__)
     write_record(config.out, record)  # the self-check loads the bundle as the node will
-    record = replace(record, self_check=self_check(config.out, params, config, log))
+    record = replace(record, self_check=self_check(config.out, volume, params, config, log))
     write_record(config.out, record)
     return record

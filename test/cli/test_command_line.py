@@ -52,6 +52,8 @@ CASES = [
     (["simulate", "--volume", "example", "--out", "{new}", "--width", "4"], "must be at least 8"),
     (["simulate", "--volume", "example", "--out", "{new}", "--fps", "-1"], "must be positive"),
     (["simulate", "--volume", "example", "--out", "{new}", "--renderer", "povray"], "invalid choice"),
+    (["simulate", "--volume", "example", "--out", "{new}", "--display", "vendor", "--image-intensity", "transmission"],
+     "needs attenuation intensity"),
     (["train", "--steps", "-3", "--out", "{new}"], "argument --steps: must be at least 1"),
     (["train", "--batch", "0", "--out", "{new}"], "argument --batch: must be at least 1"),
     (["train", "--volume", "{base}/nope.nii.gz", "--out", "{new}"], "no such file or folder"),
