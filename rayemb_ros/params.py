@@ -86,6 +86,15 @@ class Params:
     # poses published from inverted-polarity frames or frames read with the wrong intensity
     # convention (73-182 mm off) -0.24-0.26. It cannot see a distorted frame (docs/operating_room.md).
     min_appearance_ncc: float = 0.5
+    # ... and only a pose whose frame shows no more pincushion than this beyond the DRR (k1 of
+    # radius x (1 + k1 rho^2), rho = 1 at half the smaller side: the magnification search
+    # warps its best DRR by candidate k1s; refined, the mean over its searches). Without its
+    # dewarp model an image intensifier's frame reads as a pose at the wrong depth that every
+    # other gate passes. 2026-12-03 (docs/operating_room.md): strong distortion (k1 0.06)
+    # 0.023-0.060 refined, 0.028-0.087 with refinement off; 200 clean held-out frames
+    # <= 0.0175 but for two (0.020, 0.030, right poses refused: the price). Mild distortion
+    # (k1 0.02) is not seen, and is not harmless: it needs its dewarp model.
+    max_radial_distortion: float = 0.02
     # Adam steps over refinement's two levels (70 % at 64 px, 30 % at 96 px), ~65 ms each on
     # 2 CPU cores. Fewer trade accuracy for time (docs/results.md, operating points: 4 steps, 0.5 s, median 2.3 mm); the
     # refined-pose gates were validated at 18, so fewer makes the poses tracking-grade
@@ -123,7 +132,7 @@ class Params:
             raise ParamError(f"image_intensity must be one of {IMAGE_INTENSITIES}, got {self.image_intensity!r}")
         positive = ("num_landmarks", "num_keep", "num_templates", "templates_per_landmark", "min_inliers",
                     "refine_steps", "ransac_threshold_px", "max_reprojection_error_px", "max_residual_increase_px", "max_depth_check_mm",
-                    "sdd_mm")
+                    "max_radial_distortion", "sdd_mm")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ParamError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-patients", type=int, nargs="*", default=list(d.new_patients), metavar="SEED",
                         help="anatomy seeds of the new-patient sets")
     parser.add_argument("--no-region", action="store_true", help="leave out the held-out-region set")
+    parser.add_argument("--no-operating-room", action="store_true",
+                        help="leave out the training CT's cluttered and distorted sets")
     parser.add_argument("--volume", default=d.volume,
                         help="CT of the simulated sets: 'example' or a resampled copy of it in its world frame "
                              "(the fixed-landmark baseline's landmarks are the bundled CT's)")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         volume_file(args.volume)
     config = BenchmarkConfig(
         out=args.out, volume=args.volume, frames=args.frames, width=args.width, seed=args.seed,
-        new_patients=tuple(args.new_patients), region=not args.no_region,
+        new_patients=tuple(args.new_patients), region=not args.no_region, operating_room=not args.no_operating_room,
         intensity_steps=args.intensity_steps, params=Params(device=args.device, refine_steps=args.refine_steps),
         dataset=dataset, progress=not args.no_progress,
     )

@@ -26,7 +26,7 @@ from rayemb_ros.estimation.bundle import (
 )
 from rayemb_ros.estimation.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.estimation.scene import Scene, landmark_subspaces
-from rayemb_ros.estimation.trust import appearance_distrust, pnp_distrust, pose_grade, refined_distrust
+from rayemb_ros.estimation.trust import match_distrust, pnp_distrust, pose_grade, refined_distrust
 from rayemb_ros.geometry.camera import REFERENCE_WIDTH, rescale_pixels, resize_image, working_grid
 from rayemb_ros.geometry.pnp import solve_pnp
 from rayemb_ros.geometry.volume import Volume, load_volume
@@ -201,7 +201,7 @@ class Estimator:
         elif self.params.depth_search:
             T, match = scene.refiner.magnification_search(T, image, K, self.params.sdd_mm, STANDALONE_SEARCH_SAMPLES)
             t = tick("depth", t)
-            reason = appearance_distrust(match.appearance_ncc, self.params)
+            reason = match_distrust(match, self.params)
         return decided(reason, T)
 
     def embed(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Float[torch.Tensor, "1 D h w"]:

@@ -26,7 +26,7 @@ everywhere in the package.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -63,6 +63,14 @@ STANDALONE_SEARCH_SAMPLES = 32
 # those > 5 mm off from 6 to 1 (36 poses better, 10 worse by > 0.5 mm; applying every
 # move: 64 better, 41 worse).
 DEPTH_SETTLE_MM = 1.0
+# An image intensifier's pincushion (radius x (1 + k1 rho^2), rho = 1 at half the smaller side,
+# about the image centre) reads to PnP and to the magnification search as depth: without its
+# dewarp model, frames of k1 0.06 were posed 15-44 mm too far along the beam, every landmark
+# residual and the DRR's correlation as good as a right pose's (docs/operating_room.md). A
+# radial stretch is visible only as magnification growing with the radius, so the best DRR
+# is warped once more by each candidate k1, about the image centre and with the field's mean
+# magnification kept, and the best k1 is the frame's distortion beyond the DRR.
+DISTORTIONS = np.linspace(-0.15, 0.15, 31)
 
 
 @dataclass(frozen=True)
@@ -88,25 +96,27 @@ class DepthMatch:
     """The magnification search's answer: how far to move the source towards the CT centre
     along its ray (mm), and the plain NCC of the frame with the DRR at the best magnification
     over the collimated field: whether the pose explains the image at all (a frame shown with
-    inverted polarity, or read with the wrong intensity convention, does not)."""
+    inverted polarity, or read with the wrong intensity convention, does not); and the
+    pincushion the frame shows beyond the DRR (:data:`DISTORTIONS`)."""
 
     shift_mm: float
     appearance_ncc: float
+    radial_distortion: float  # pincushion k1 the frame shows beyond the DRR (DISTORTIONS)
 
 
 @dataclass
 class Refinement:
     """A refined pose (camera-to-world, mm), the gradient NCC, in [-1, 1], of the start and
-    of the last level's result at the finest level, and ``depth_check_mm``: how far the
-    magnification search, run again after the last level, moved the source towards the CT
-    centre (moves under DEPTH_SETTLE_MM are not applied). Near 0 when the depth has settled;
-    a pose stuck at a wrong depth is pulled several mm, and the estimator refuses it."""
+    of the last level's result at the finest level, and ``check``: the magnification search
+    run again from the refined pose. Its ``shift_mm`` is near 0 when the depth has settled (a
+    pose stuck at a wrong depth is pulled several mm, and the estimator refuses it; moves
+    under DEPTH_SETTLE_MM are not applied); its ``radial_distortion`` is the mean over every
+    magnification search of the refinement."""
 
     T_ct_source: Float[np.ndarray, "4 4"]
     score_initial: float
     score: float
-    depth_check_mm: float
-    appearance_ncc: float  # DepthMatch.appearance_ncc at the refined pose
+    check: DepthMatch
 
 
 def field_mask(image: Float[torch.Tensor, "H W"]) -> Float[torch.Tensor, "H W"]:
@@ -152,6 +162,17 @@ def se3_exp(xi: Float[torch.Tensor, "6"]) -> Float[torch.Tensor, "4 4"]:
         R = eye + torch.sin(theta) / theta * K + (1 - torch.cos(theta)) / theta**2 * (K @ K)
     top = torch.cat([R, v[:, None]], dim=1)
     return torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=xi.dtype)], dim=0)
+
+
+def _parabola_peak(candidates: np.ndarray, scores: np.ndarray, i: int) -> float:
+    """The candidate at best score ``i``, moved to the vertex of the parabola through it and its
+    neighbours (evenly spaced candidates)."""
+    best = float(candidates[i])
+    if 0 < i < len(scores) - 1:
+        curvature = scores[i - 1] - 2 * scores[i] + scores[i + 1]
+        if curvature < 0:
+            best += 0.5 * float(candidates[1] - candidates[0]) * (scores[i - 1] - scores[i + 1]) / curvature
+    return best
 
 
 def _translation(v: Float[np.ndarray, "3"]) -> Float[np.ndarray, "4 4"]:
@@ -205,30 +226,48 @@ class Refiner:
         K_wide = detector.K.copy()
         K_wide[:2, 2] += pad
         wide = Detector.from_K(K_wide, h + 2 * pad, w + 2 * pad, sdd_mm)
-        centre = project(detector.K, T, self.volume.center[None])[0]
-        factors = torch.as_tensor(MAGNIFICATIONS, dtype=torch.float32, device=self.renderer.device)[:, None, None]
-        rows, cols = torch.meshgrid(torch.arange(h, device=factors.device), torch.arange(w, device=factors.device), indexing="ij")
-        # where each frame pixel samples the wide DRR when that DRR is magnified by the factor
-        x = float(centre[0]) + (cols - float(centre[0])) / factors + pad
-        y = float(centre[1]) + (rows - float(centre[1])) / factors + pad
-        grid = torch.stack([2 * x / (w + 2 * pad - 1) - 1, 2 * y / (h + 2 * pad - 1) - 1], dim=-1)
+        centre = torch.as_tensor(project(detector.K, T, self.volume.center[None])[0], dtype=torch.float32)
+        rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+        pixels = torch.stack([cols, rows], dim=-1).to(self.renderer.device)  # (H, W, 2) x, y
+        centre = centre.to(pixels.device)
+
+        def warped(drr, factors, ideal):
+            """The wide DRR magnified about the CT centre's projection by each factor, sampled
+            at each frame pixel's ideal position (N, H, W, 2)."""
+            at = centre + (ideal - centre) / factors[:, None, None, None] + pad
+            size = torch.tensor([w + 2 * pad - 1, h + 2 * pad - 1], dtype=torch.float32, device=at.device)
+            return F.grid_sample(drr[None].expand(len(ideal), -1, -1, -1), 2 * at / size - 1, align_corners=True)[:, 0]
+
         with torch.no_grad():
             drr = self.renderer.render(torch.as_tensor(T[None], dtype=torch.float32), wide, samples)
             drr = gaussian_blur(drr[:, None], torch.tensor([MAGNIFICATION_BLUR_PX], device=drr.device))[:, 0]
-            scaled = F.grid_sample(drr[None].expand(len(MAGNIFICATIONS), -1, -1, -1), grid, align_corners=True)[:, 0]
+            factors = torch.as_tensor(MAGNIFICATIONS, dtype=torch.float32, device=drr.device)
+            scaled = warped(drr, factors, pixels.expand(len(factors), -1, -1, -1))
             scores = gradient_ncc(scaled, target, mask).cpu().numpy().astype(np.float64)
             i = int(np.argmax(scores))
             appearance = float(masked_ncc(scaled[i : i + 1], target, mask)[0])
-        factor = MAGNIFICATIONS[i]
-        if 0 < i < len(scores) - 1:  # parabola through the best and its neighbours
-            curvature = scores[i - 1] - 2 * scores[i] + scores[i + 1]
-            if curvature < 0:
-                step = MAGNIFICATIONS[1] - MAGNIFICATIONS[0]
-                factor += 0.5 * step * (scores[i - 1] - scores[i + 1]) / curvature
+            factor = _parabola_peak(MAGNIFICATIONS, scores, i)
+            distortion = self._radial_distortion(drr, target, mask, pixels, float(factor), warped)
         # The source moved towards the CT centre by ``shift`` along the ray magnifies it by
         # distance / (distance - shift).
-        return DepthMatch(float((1.0 - 1.0 / factor) * np.linalg.norm(self._centre_in_source(T))), appearance)
+        shift = (1.0 - 1.0 / factor) * np.linalg.norm(self._centre_in_source(T))
+        return DepthMatch(float(shift), appearance, distortion)
 
+    @staticmethod
+    def _radial_distortion(drr, target, mask, pixels, factor: float, warped) -> float:
+        """The pincushion k1 (:data:`DISTORTIONS`) that best explains the frame by the DRR at
+        the best magnification: each frame pixel at radius rho (about the image centre) shows
+        the ideal point at radius rho / (1 + k1 (rho^2 - mean rho^2 over the field)), so that
+        k1 changes how magnification grows with the radius, not the field's mean."""
+        h, w = target.shape[-2:]
+        middle = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=pixels.device)
+        rho2 = ((pixels - middle) ** 2).sum(-1) / (min(h, w) / 2) ** 2
+        rho2 = rho2 - (rho2 * mask).sum() / mask.sum().clamp_min(1.0)
+        ks = torch.as_tensor(DISTORTIONS, dtype=torch.float32, device=pixels.device)[:, None, None, None]
+        ideal = middle + (pixels - middle) / (1.0 + ks * rho2[..., None])
+        factors = torch.full((len(DISTORTIONS),), factor, dtype=torch.float32, device=pixels.device)
+        scores = gradient_ncc(warped(drr, factors, ideal), target, mask).cpu().numpy().astype(np.float64)
+        return float(_parabola_peak(DISTORTIONS, scores, int(np.argmax(scores))))
     def _descend(self, T_start: np.ndarray, target, mask, detector, level: Level, steps: int) -> tuple[np.ndarray, float]:
         """Adam steps from ``T_start``; the best pose seen (the start included) and its score."""
         pivot = self._centre_in_source(T_start)
@@ -267,10 +306,12 @@ class Refiner:
         moved along the beam where the depth check asks for more than DEPTH_SETTLE_MM."""
         T = np.asarray(T_initial, dtype=np.float64)
         score_initial = score = float("nan")
+        distortions = []
         for i, level in enumerate(LEVELS):
             # Depth first, then the rotation and shifts it unlocks; at the second level the
             # search starts from a pose whose rotation is right, and lands nearer the truth.
-            T, _ = self.magnification_search(T, image, K, sdd_mm)
+            T, match = self.magnification_search(T, image, K, sdd_mm)
+            distortions.append(match.radial_distortion)
             target, mask, detector = self._target(image, K, level.width, sdd_mm)
             n = max(1, int(round(steps * level.share)))
             T, score = self._descend(T, target, mask, detector, level, n)
@@ -281,7 +322,10 @@ class Refiner:
         check = self.match_magnification(T, image, K, sdd_mm)
         if abs(check.shift_mm) > DEPTH_SETTLE_MM:
             T = self._moved_along_ray(T, check.shift_mm)
-        return Refinement(T, score_initial, score, check.shift_mm, check.appearance_ncc)
+        # The distortion seen from every pose the refinement passed through: a pose can absorb
+        # part of a pincushion (tilted and too far away), the same frame seen from the others not.
+        distortion = float(np.mean(distortions + [check.radial_distortion]))
+        return Refinement(T, score_initial, score, replace(check, radial_distortion=distortion))
 
     def _score(self, T: np.ndarray, target, mask, detector) -> float:
         with torch.no_grad():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Float
 
-from rayemb_ros.estimation.refine import Refinement
+from rayemb_ros.estimation.refine import DepthMatch, Refinement
 from rayemb_ros.estimation.result import Landmarks, PoseGrade
 from rayemb_ros.geometry.camera import depth, project
 from rayemb_ros.learning.checkpoint import DEFAULT_CHECKPOINT
@@ -67,20 +67,28 @@ def refined_distrust(refined: Refinement, T_pnp: Float[np.ndarray, "4 4"], K: Fl
     if increase > params.max_residual_increase_px:
         return (f"refined pose disagrees with the landmarks (median residual {residual:.2f} px, "
                 f"{increase:.2f} more than PnP's, above {params.max_residual_increase_px:.2f})")
-    if not abs(refined.depth_check_mm) <= params.max_depth_check_mm:
+    if not abs(refined.check.shift_mm) <= params.max_depth_check_mm:
         return (f"refined depth has not settled (the magnification search would move it "
-                f"{refined.depth_check_mm:+.1f} mm, more than {params.max_depth_check_mm:.1f})")
-    return appearance_distrust(refined.appearance_ncc, params)
+                f"{refined.check.shift_mm:+.1f} mm, more than {params.max_depth_check_mm:.1f})")
+    return match_distrust(refined.check, params)
 
 
-def appearance_distrust(appearance_ncc: float, params: Params) -> str:
-    """Why a pose whose DRR does not explain the frame must not be published, or "". A right
-    pose's DRR correlates with the frame (plain NCC >= 0.82 on every right pose measured); a
-    frame shown with inverted polarity, or read with the wrong intensity convention, gives
-    poses that correlate with nothing (docs/operating_room.md)."""
-    if not appearance_ncc >= params.min_appearance_ncc:
-        return (f"the pose's DRR does not explain the frame (NCC {appearance_ncc:.2f} below "
+def match_distrust(match: DepthMatch, params: Params) -> str:
+    """Why a pose whose DRR, at its matched magnification, does not explain the frame must not
+    be published, or "" (docs/operating_room.md):
+
+    * a right pose's DRR correlates with the frame (plain NCC >= 0.82 on every right pose
+      measured); a frame shown with inverted polarity, or read with the wrong intensity
+      convention, gives poses that correlate with nothing;
+    * a frame with an image intensifier's pincushion reads as a pose at the wrong depth that
+      explains everything else; only the stretch growing with the radius gives it away.
+    """
+    if not match.appearance_ncc >= params.min_appearance_ncc:
+        return (f"the pose's DRR does not explain the frame (NCC {match.appearance_ncc:.2f} below "
                 f"{params.min_appearance_ncc:.2f}): inverted polarity, or the wrong image_intensity?")
+    if not match.radial_distortion <= params.max_radial_distortion:
+        return (f"the frame shows pincushion distortion (k1 {match.radial_distortion:.3f} above "
+                f"{params.max_radial_distortion:.3f}): an image intensifier's frames need its dewarp model")
     return ""
 
 
@@ -89,7 +97,7 @@ def appearance_distrust(appearance_ncc: float, params: Params) -> str:
 LOOSENED_BY = {
     "min_inliers": -1, "min_inlier_ratio": -1, "refine_min_inlier_ratio": -1, "ransac_threshold_px": +1,
     "max_reprojection_error_px": +1, "max_residual_increase_px": +1, "max_depth_check_mm": +1,
-    "min_appearance_ncc": -1,
+    "min_appearance_ncc": -1, "max_radial_distortion": +1,
 }
 
 

@@ -14,6 +14,12 @@ default) with seeds that training never draws (training uses ``default_rng([seed
   with that region held out (``rayemb train --holdout-below-mm``; the shipped weights saw it);
 * ``example``: the bundled chest CT, the CT the encoder and the fixed-landmark net were
   trained on (new poses, detectors, noise and renderer).
+* ``example_cluttered``, ``example_distorted``, ``example_distorted_no_model``: the ``example``
+  frames (the same poses, detectors and noise draws) as an operating room makes them
+  (``imaging.operating_room``): three instruments, low dose and vendor display processing; an
+  image intensifier's strong distortion, dewarped by its model (``imaging.intensity.dewarp``,
+  as the node's ``dewarp`` parameter does) for every method; and the same distorted frames
+  with no model, where a right answer is a refusal.
 
 "Unseen" means variants of the CTs in reach. ``benchmark.json``'s top-level ``methods`` pool
 every frame of the headline sets; each set has its own entry under ``sets``.
@@ -52,10 +58,14 @@ from rayemb_ros.learning.checkpoint import FIXED_LANDMARK_CHECKPOINT
 from rayemb_ros.evaluation.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
 from rayemb_ros.params import Params
 from rayemb_ros.evaluation.records import json_safe
+from rayemb_ros.imaging.simulate import OperatingRoom
 from rayemb_ros.io.cache import cached_arrays
 from rayemb_ros.geometry.volume import Volume, load_volume
 
 METHODS = ("intensity", "fixed_landmark", "rayemb", "rayemb_refined")
+# What the operating-room sets add to the training CT's frames (docs/operating_room.md).
+CLUTTERED = OperatingRoom(instruments=3, low_dose=True, display="vendor")
+DISTORTION = "strong"
 DATASETS = ("deepfluoro",)
 
 
@@ -107,6 +117,7 @@ class BenchmarkConfig:
     seed: int = 1000  # the training CT's set; mirrored + 1000, region + 2000, new patients + 3000, + 4000, ...
     new_patients: tuple[int, ...] = (5001, 5002)  # anatomy seeds of the new patients (none drawn in training)
     region: bool = True  # the held-out region set
+    operating_room: bool = True  # the training CT's frames cluttered and distorted (paired with its set)
     intensity_steps: int = 100  # the paper's DiffDRR registration runs 100 steps
     params: Params = field(default_factory=Params)
     initial: InitialError = field(default_factory=InitialError)
@@ -117,21 +128,24 @@ class BenchmarkConfig:
 
 # ------------------------------------------------------------------------------- test sets
 def simulated_frames(
-    volume: Volume, frames: int, seed: int, width: int, center: Float[np.ndarray, "3"] | None = None
+    volume: Volume, frames: int, seed: int, width: int, center: Float[np.ndarray, "3"] | None = None,
+    room: OperatingRoom = OperatingRoom(),
 ) -> tuple[list[np.ndarray], Float[np.ndarray, "N 3 3"], Float[np.ndarray, "N 4 4"]]:
-    """Realistic diffdrr test frames of a CT, aimed at its centre or ``center`` (rendered once,
-    then from the cache)."""
+    """Realistic diffdrr test frames of a CT, aimed at its centre or ``center``, with what of
+    the operating room ``room`` adds (rendered once, then from the cache)."""
     from rayemb_ros.imaging.simulate import plan, simulate_frames
 
     def render() -> dict[str, np.ndarray]:
         shots = plan(volume, frames, seed, width, width, center)
-        images = np.stack([f.image for f in simulate_frames(volume, shots, seed, renderer="diffdrr")])
+        images = np.stack([f.image for f in simulate_frames(volume, shots, seed, renderer="diffdrr", operating_room=room)])
         return {"images": images, "K": np.stack([s.detector.K for s in shots]),
                 "T_gt": np.stack([s.T_ct_source for s in shots])}
 
     key = {"v": 1, "ct": volume.content_hash, "frames": frames, "seed": seed, "width": width, "renderer": "diffdrr"}
     if center is not None:
         key["center"] = np.round(center, 3).tolist()
+    if room != OperatingRoom():
+        key["operating_room"] = asdict(room)
     z = cached_arrays("benchmark", key, render)
     return list(z["images"]), z["K"], z["T_gt"]
 
@@ -178,6 +192,31 @@ def simulated_sets(config: BenchmarkConfig, landmarks_ct: Float[np.ndarray, "14 
     images, K, T_gt = simulated_frames(volume, config.frames, config.seed, config.width)
     yield TestSet("example", f"{what} (the training CT; unseen poses and noise), seed {config.seed}", volume, images,
                   K, T_gt, landmarks_ct, config.seed)
+    if config.operating_room:
+        yield from operating_room_sets(config, volume, what, landmarks_ct)
+
+
+def operating_room_sets(config: BenchmarkConfig, volume: Volume, what: str,
+                        landmarks_ct: Float[np.ndarray, "14 3"]) -> Iterator[TestSet]:
+    """The ``example`` set's frames as an operating room makes them: the same seed, so the
+    same poses, detectors and noise draws (the room's effects draw from a stream of their own)."""
+    from rayemb_ros.imaging.intensity import dewarp
+    from rayemb_ros.imaging.operating_room import Distortion
+
+    seed, paired = config.seed, f"paired with example (seed {config.seed})"
+    images, K, T_gt = simulated_frames(volume, config.frames, seed, config.width, room=CLUTTERED)
+    yield TestSet("example_cluttered", f"{what}, {CLUTTERED.instruments} instruments, low dose, vendor display "
+                  f"processing; {paired}", volume, images, K, T_gt, landmarks_ct, seed)
+    distorted = OperatingRoom(distortion=DISTORTION)
+    images, K, T_gt = simulated_frames(volume, config.frames, seed, config.width, room=distorted)
+    config.out.mkdir(parents=True, exist_ok=True)
+    model = Distortion.level(DISTORTION).save(config.out / f"dewarp_{DISTORTION}_{config.width}px.npz",
+                                              config.width, config.width)
+    yield TestSet("example_distorted", f"{what}, an image intensifier's {DISTORTION} distortion, every frame "
+                  f"dewarped by its model ({model.name}); {paired}", volume,
+                  [dewarp(image, str(model)) for image in images], K, T_gt, landmarks_ct, seed)
+    yield TestSet("example_distorted_no_model", f"{what}, the same {DISTORTION} distortion with no dewarp model "
+                  f"(a refusal is the right answer); {paired}", volume, images, K, T_gt, landmarks_ct, seed)
 
 
 def deepfluoro_sets(path: Path, frames: int) -> Iterator[TestSet]:

