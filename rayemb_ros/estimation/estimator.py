@@ -27,6 +27,7 @@ from rayemb_ros.estimation.bundle import (
 from rayemb_ros.estimation.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.estimation.scene import Scene, landmark_subspaces
 from rayemb_ros.estimation.trust import match_distrust, pnp_distrust, pose_grade, refined_distrust
+from rayemb_ros.estimation.uncertainty import covariance_calibration, pose_covariance
 from rayemb_ros.geometry.camera import REFERENCE_WIDTH, rescale_pixels, resize_image, working_grid
 from rayemb_ros.geometry.pnp import solve_pnp
 from rayemb_ros.geometry.volume import Volume, load_volume
@@ -42,6 +43,7 @@ class Estimator:
     def __init__(self, params: Params = Params()):
         self.params = params.validated()
         self._settings_grade = pose_grade(self.params)
+        self._calibration = covariance_calibration(self.params)
         self.device = pick_device(params.device)
         self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
         # Identifies the weights for the scene cache (state, not file name).
@@ -187,7 +189,9 @@ class Estimator:
             stage["total"] = (time.perf_counter() - started) * 1000
             if reason:
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
-            return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], **common)
+            covariance = pose_covariance(K, T, landmarks, pnp.reprojection_error_px, scene.volume.center, self._calibration)
+            return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], covariance=covariance,
+                            **common)
 
         reason = pnp_distrust(pnp.T_ct_source, scene.volume.center, num_inliers, len(points), reproj, self.params)
         if reason:

@@ -42,6 +42,9 @@ class Estimate:
     reprojection_error_px: float
     latency_ms: float
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # 6x6 of an accepted pose (geometry.covariance: position mm, rotation rad, ct axes)
+    covariance: Float[np.ndarray, "6 6"] | None = None
+    mode: str = "full"  # how the frame was registered: "full" (from scratch) or "prior"
 
     @classmethod
     def refused(cls, reason: str, landmarks: Landmarks | None = None, **kwargs) -> Estimate:

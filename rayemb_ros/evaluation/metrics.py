@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Float
 
 from rayemb_ros.geometry.camera import world_to_camera
-
+from rayemb_ros.geometry.covariance import CHI2_6_95, mahalanobis_squared
 from rayemb_ros.geometry.volume import VolumeError
 
 if TYPE_CHECKING:
@@ -117,3 +117,20 @@ def accuracy_summary(mtre_mm: Sequence[float]) -> dict[str, object]:
 def latency_summary(latency_ms: Sequence[float]) -> dict[str, float]:
     """Latency percentiles (ms) and the frame count they are over."""
     return {"frames": len(latency_ms), **percentiles(latency_ms, LATENCY_PERCENTILES)}
+
+
+def covariance_coverage(errors: Sequence[Float[np.ndarray, "6"]], covariances: Sequence[Float[np.ndarray, "6 6"]]) -> dict[str, object]:
+    """How well the published covariances describe the errors (``geometry.covariance``'s
+    6-vector, mm and rad): the share of accepted poses whose error lies inside its covariance's
+    95 % region (Mahalanobis^2 < chi2_6(0.95)), overall and per tercile of predicted
+    uncertainty (the position's sd, sqrt of the trace): a calibrated covariance holds 95 % in
+    each, a constant one too many where it predicts little and too few where it predicts much."""
+    if not len(errors):
+        return {"frames": 0}
+    inside = np.array([mahalanobis_squared(e, C) < CHI2_6_95 for e, C in zip(errors, covariances)])
+    spread = np.array([math.sqrt(np.trace(C[:3, :3])) for C in covariances])
+    order = np.argsort(spread, kind="stable")
+    terciles = [inside[part].mean() * 100.0 for part in np.array_split(order, 3) if len(part)]
+    return {"frames": len(inside), "inside_95_percent": float(100.0 * inside.mean()),
+            "terciles_inside_95_percent": [float(t) for t in terciles],
+            "predicted_position_sd_mm": percentiles(spread.tolist())}

@@ -42,6 +42,8 @@ class FrameRecord:
     K: Float[np.ndarray, "3 3"] | None
     T_gt: Float[np.ndarray, "4 4"] | None  # mm; None when the bag has no ground truth for it
     extra: dict[str, float] = field(default_factory=dict)  # mode-specific numbers, e.g. round-trip time
+    covariance: Float[np.ndarray, "6 6"] | None = None  # of an accepted pose: mm and rad, ct axes
+    mode: str = "full"  # "full" (registered from scratch) or "prior"
 
     @classmethod
     def of_estimate(cls, index: int, frame: Frame, estimate: Estimate) -> FrameRecord:
@@ -58,6 +60,8 @@ class FrameRecord:
             latency_ms=estimate.latency_ms,
             K=frame.K,
             T_gt=frame.T_ct_source_gt,
+            covariance=estimate.covariance if estimate.ok else None,
+            mode=estimate.mode,
         )
 
     @classmethod
@@ -67,7 +71,7 @@ class FrameRecord:
                    frame.K, frame.T_ct_source_gt)
 
     def to_json(self) -> dict[str, Any]:
-        """The contract's fields (mm), then ours: ``T_initial``, ``reprojection_error_px`` and
+        """The contract's fields (mm; ``covariance`` mm and rad), then ours: ``T_initial``, ``reprojection_error_px`` and
         ``extra``'s. Non-finite numbers become null (JSON has no NaN)."""
         out: dict[str, Any] = {
             "index": self.index,
@@ -80,6 +84,9 @@ class FrameRecord:
         }
         if not self.ok:
             out["reason"] = self.reason
+        out["mode"] = self.mode
+        if self.ok and self.covariance is not None:
+            out["covariance"] = np.asarray(self.covariance, dtype=np.float64).tolist()
         out["T_initial"] = _matrix(self.T_initial)
         out["reprojection_error_px"] = finite_or_none(self.reprojection_error_px)
         out.update({k: finite_or_none(v) for k, v in self.extra.items()})

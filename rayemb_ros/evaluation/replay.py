@@ -32,11 +32,14 @@ from rayemb_ros.io.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC, read_bag
 from rayemb_ros.io.camera_info import NO_CAMERA_INFO
 from rayemb_ros.io.images import ImageError
 from rayemb_ros.imaging.intensity import estimator_image
-from rayemb_ros.evaluation.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
+from rayemb_ros.evaluation.metrics import (
+    TARGET_DEFINITION, accuracy_summary, covariance_coverage, frame_mtre, latency_summary, target_points,
+)
 from rayemb_ros.params import Params
 from rayemb_ros.evaluation.records import FrameRecord, json_safe, write_estimates
 from rayemb_ros.evaluation.units import mm, ms
 from rayemb_ros.estimation.result import PoseGrade
+from rayemb_ros.geometry.covariance import pose_error
 from rayemb_ros.geometry.volume import Volume
 
 GFR_TRUST_MM = 10.0  # a pose worse than this should have been refused
@@ -175,6 +178,9 @@ def evaluate(records: list[FrameRecord], volume, candidates_known: bool, refine:
         metrics["initial"] = accuracy_summary([m for m in mtre_initial if m is not None])
     if candidates_known:
         metrics["trust"] = _trust(evaluated, points)
+    posed = [r for r in evaluated if r.ok and r.covariance is not None]
+    metrics["covariance"] = covariance_coverage([pose_error(r.T_ct_source, r.T_gt) for r in posed],
+                                                [r.covariance for r in posed])
     metrics["per_frame_mtre_mm"] = mtre
     return Evaluation(mtre, mtre_initial, metrics)
 
@@ -281,6 +287,11 @@ def summary_lines(records: list[FrameRecord], evaluation: Evaluation | None) -> 
         lines.append(f"mTRE over the {m['frames_posed']} posed frames: median {mm(m['mtre_posed_mm']['p50'])}, "
                      f"95th {mm(m['mtre_posed_mm']['p95'])}")
         lines.append(f"GFR@10: {m['gfr_percent']['10']:.1f} %   GFR@5: {m['gfr_percent']['5']:.1f} %")
+        c = m["covariance"]
+        if c["frames"]:
+            lines.append(f"covariance: {c['inside_95_percent']:.0f} % of {c['frames']} accepted poses inside their 95 % "
+                         f"region (terciles of predicted uncertainty: "
+                         f"{' / '.join(f'{t:.0f}' for t in c['terciles_inside_95_percent'])} %)")
     else:
         lines.append("no ground truth in the bag: no accuracy metrics")
     latency = [r.latency_ms for r in records if r.latency_ms is not None]

@@ -12,7 +12,7 @@ when the node refused the image for want of its CameraInfo (best-effort delivery
 as an image the node never counted is:
 
 * every estimated frame gives a ~/landmarks message with the image's header, and a /tf
-  transform with its stamp when the pose was accepted;
+  transform and a ~/pose_with_covariance with its stamp when the pose was accepted;
 * every event (pose ok / refused, frame rejected or dropped) publishes /diagnostics, whose
   counters tell which it was, and whose message and last_* values give the reason, latency,
   inliers and reprojection error.
@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
@@ -71,6 +72,7 @@ class _Verdict:
     landmarks: LandmarkArray | None
     tf: Any | None  # TransformStamped of an accepted pose
     roundtrip_ms: float
+    covariance: Any | None = None  # PoseWithCovarianceStamped of an accepted pose
 
 
 class NodeSession:
@@ -87,6 +89,7 @@ class NodeSession:
         self.graph = Graph(domain, "rayemb_bag_player")
         self.tf = self.graph.subscribe(TFMessage, "/tf", TF_QOS)
         self.landmarks = self.graph.subscribe(LandmarkArray, f"/{NODE_NAME}/landmarks", 50)
+        self.covariances = self.graph.subscribe(PoseWithCovarianceStamped, f"/{NODE_NAME}/pose_with_covariance", 50)
         self.diagnostics = self.graph.subscribe(DiagnosticArray, "/diagnostics", 50)
         qos = QoSProfile(depth=10)  # reliable: the node's best-effort readers match it
         self.image_pub = self.graph.publisher(Image, IMAGE_TOPIC, qos)
@@ -160,13 +163,16 @@ class NodeSession:
             lambda: next(((t, m) for t, m in self.landmarks.entries(seen_landmarks)
                           if convert.stamp_ns(m.header) == stamp_ns), None),
             OUTPUT_TIMEOUT_S, f"landmarks of the image stamped {stamp_ns}")
-        tf = None
+        tf = covariance = None
         if int(values["poses_ok"]) > int(before["poses_ok"]):
             tf = self._wait(lambda: next((t for m in reversed(self.tf.snapshot()) for t in m.transforms
                                           if convert.stamp_ns(t.header) == stamp_ns
                                           and t.child_frame_id == self.params.source_frame), None),
                             OUTPUT_TIMEOUT_S, f"TF of the image stamped {stamp_ns}")
-        return _Verdict(values, landmarks, tf, (at_ns - sent_ns) / 1e6)
+            covariance = self._wait(lambda: next((m for m in reversed(self.covariances.snapshot())
+                                                  if convert.stamp_ns(m.header) == stamp_ns), None),
+                                    OUTPUT_TIMEOUT_S, f"pose with covariance of the image stamped {stamp_ns}")
+        return _Verdict(values, landmarks, tf, (at_ns - sent_ns) / 1e6, covariance)
 
     def close(self) -> int | None:
         """Stop the node (SIGINT, then kill) and leave the graph; the node's exit code."""
@@ -196,6 +202,7 @@ def record_of(index: int, frame: Frame, verdict: _Verdict) -> FrameRecord:
         K=frame.K,
         T_gt=frame.T_ct_source_gt,
         extra={"roundtrip_ms": verdict.roundtrip_ms},
+        covariance=convert.covariance_from_ros(verdict.covariance.pose.covariance) if ok else None,
     )
 
 

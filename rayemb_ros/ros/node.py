@@ -16,7 +16,7 @@ from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -65,6 +65,7 @@ class RayEmbNode(Node):
         self.add_on_set_parameters_callback(self._refuse_changes)
         self._tf = self.create_publisher(TFMessage, "/tf", TF_QOS)
         self._pose = self.create_publisher(PoseStamped, "~/pose", 10)
+        self._pose_covariance = self.create_publisher(PoseWithCovarianceStamped, "~/pose_with_covariance", 10)
         self._landmarks = self.create_publisher(LandmarkArray, "~/landmarks", 10)
         self._markers = self.create_publisher(MarkerArray, "~/markers", 10)
         self._overlay = self.create_publisher(Image, "~/overlay", 10) if self.params.publish_overlay else None
@@ -162,6 +163,8 @@ class RayEmbNode(Node):
             T = estimate.T_ct_source
             self._tf.publish(TFMessage(transforms=[convert.transform_stamped(T, ct_header, self.params.source_frame)]))
             self._pose.publish(convert.pose_stamped(T, ct_header))
+            if estimate.covariance is not None:
+                self._pose_covariance.publish(convert.pose_with_covariance(T, estimate.covariance, ct_header))
         self._landmarks.publish(convert.landmarks_msg(estimate.landmarks, image_header))
         height, width = result.frame.image.shape
         self._markers.publish(convert.markers_msg(estimate, result.K, height, width, self.params.sdd_mm, ct_header))

@@ -109,3 +109,22 @@ def test_target_points_are_fixed_bone_voxels():
     assert len(target_points(volume, n=10_000)) == 600  # all of them when fewer
     with pytest.raises(ValueError, match="no bone"):
         target_points(Volume(np.zeros((8, 8, 8), np.float32), np.eye(4), "water"))
+
+
+def test_covariance_coverage_counts_errors_inside_the_95_percent_region():
+    """Errors drawn from each pose's own covariance: ~95 % inside overall and per tercile; the
+    same errors judged by one constant covariance: too many inside where little is predicted."""
+    from rayemb_ros.evaluation.metrics import covariance_coverage
+
+    rng = np.random.default_rng(0)
+    covariances = [np.diag([s, s, s, 1e-6 * s, 1e-6 * s, 1e-6 * s]) for s in np.exp(rng.uniform(-3, 3, 600))]
+    errors = [rng.multivariate_normal(np.zeros(6), C) for C in covariances]
+    c = covariance_coverage(errors, covariances)
+    assert c["frames"] == 600 and 92 <= c["inside_95_percent"] <= 98
+    assert all(90 <= t <= 99 for t in c["terciles_inside_95_percent"])
+    assert covariance_coverage([], [])["frames"] == 0
+    # one constant covariance for the same errors fails where the calibrated one predicts little:
+    # every error of that third lies inside it
+    constant = np.mean(covariances, axis=0)
+    small = np.argsort([np.trace(C[:3, :3]) for C in covariances])[:200]
+    assert all(e @ np.linalg.solve(constant, e) < 12.592 for e in np.array(errors)[small])

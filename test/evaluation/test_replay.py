@@ -41,8 +41,12 @@ def check_estimates(rows, frames):
             np.testing.assert_allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-9)
             assert 200 < np.linalg.norm(T[:3, 3]) < 3000  # mm, not metres
             assert r["num_inliers"] <= r["num_landmarks"] and r["latency_ms"] > 0
+            C = np.array(r["covariance"])  # mm and rad: symmetric, positive definite
+            assert C.shape == (6, 6) and np.allclose(C, C.T) and np.linalg.eigvalsh(C).min() > 0
+            assert 1e-4 < C[0, 0] < 1e4 and C[3, 3] < 1e-2  # mm^2 and rad^2, not m^2 or deg^2
         else:
-            assert r["T_ct_source"] is None and r["reason"]
+            assert r["T_ct_source"] is None and r["reason"] and "covariance" not in r
+        assert r["mode"] == "full"
 
 
 def figures_of(report):

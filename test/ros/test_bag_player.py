@@ -18,6 +18,13 @@ from replaybags import bag, good_frames, with_constant_frame
 POSE_TOLERANCE_MM = 0.05
 
 
+def spread(covariance):
+    """Standard deviations and correlations of a covariance."""
+    C = np.array(covariance)
+    sd = np.sqrt(np.diag(C))
+    return sd, C / np.outer(sd, sd)
+
+
 def rows(out):
     return [json.loads(line) for line in (out / "estimates.jsonl").read_text().splitlines()]
 
@@ -40,6 +47,11 @@ def test_node_and_in_process_agree(tmp_path, example_volume):
         assert x["num_landmarks"] == y["num_landmarks"] and abs(x["num_inliers"] - y["num_inliers"]) <= 2
         if x["ok"]:
             assert mtre(np.array(x["T_ct_source"]), np.array(y["T_ct_source"]), points) < POSE_TOLERANCE_MM
+            # the node's ~/pose_with_covariance (m, rad) is the estimator's covariance (mm, rad), up
+            # to the flipped inliers (~1 %)
+            (sd_here, r_here), (sd_node, r_node) = spread(x["covariance"]), spread(y["covariance"])
+            np.testing.assert_allclose(sd_node, sd_here, rtol=0.05)
+            np.testing.assert_allclose(r_node, r_here, atol=0.05)
         else:
             assert x["reason"] == y["reason"]
         assert (y["latency_ms"] is None) == (x["latency_ms"] is None)

@@ -36,6 +36,19 @@ def test_pose_and_transform_round_trip(seed):
     np.testing.assert_allclose(convert.transform_to_matrix(tf.transform), T, atol=1e-9)
 
 
+def test_pose_with_covariance_in_metres_and_radians():
+    T = random_pose(3)
+    covariance = np.diag([4.0, 9.0, 100.0, 1e-6, 4e-6, 9e-6])  # mm^2, rad^2
+    covariance[0, 3] = covariance[3, 0] = 2e-3  # mm rad
+    msg = convert.pose_with_covariance(T, covariance, Header(frame_id="ct"))
+    assert msg.header.frame_id == "ct"
+    np.testing.assert_allclose(convert.pose_to_matrix(msg.pose.pose), T, atol=1e-9)
+    ros = np.array(msg.pose.covariance).reshape(6, 6)
+    assert ros[0, 0] == pytest.approx(4e-6) and ros[2, 2] == pytest.approx(1e-4)  # m^2
+    assert ros[4, 4] == pytest.approx(4e-6) and ros[0, 3] == pytest.approx(2e-6)  # rad^2, m rad
+    np.testing.assert_allclose(convert.covariance_from_ros(msg.pose.covariance), covariance, rtol=1e-12)
+
+
 def test_metres_and_xyzw_order():
     T = np.eye(4)
     T[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # +90 deg about z
