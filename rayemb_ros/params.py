@@ -56,7 +56,7 @@ class Params:
     # Intensity-based refinement after PnP (gradient NCC through a differentiable renderer):
     # what makes the pose navigation-grade (median mTRE ~0.9 mm against ~8-15 mm from PnP
     # alone, docs/results.md), at 1.23 s per frame on 2 CPU cores (`rayemb speed` p50). Off =
-    # PnP poses and a depth search (below), 90 ms per frame (`rayemb speed`), for tracking where a few
+    # PnP poses and a depth search (below), 90 ms per frame (`rayemb speed`), for uses where a few
     # millimetres matter less.
     refine: bool = True
     # With refinement on, the inlier ratio a PnP pose needs for refinement to try it (the
@@ -97,7 +97,7 @@ class Params:
     max_radial_distortion: float = 0.02
     # Adam steps over refinement's two levels (70 % at 64 px, 30 % at 96 px), ~65 ms each on
     # 2 CPU cores. Fewer trade accuracy for time (docs/results.md, operating points: 4 steps, 0.5 s, median 2.3 mm); the
-    # refined-pose gates were validated at 18, so fewer makes the poses tracking-grade
+    # refined-pose gates were validated at 18, so fewer makes the poses advisory-grade
     # (trust.pose_grade).
     refine_steps: int = 18
     # With refinement off: one magnification search (a DRR at the PnP pose, scaled; 36 ms on

@@ -1,6 +1,6 @@
 """`rayemb prepare --volume CT --out BUNDLE`: prepare a patient's CT before surgery and check it
 (:mod:`rayemb_ros.evaluation.prepare`). Exit code 0 when the self-check passes, 1 when it does
-not (the bundle is written either way: its poses are then tracking-grade), 2 for bad input."""
+not (the bundle is written either way: its poses are then advisory-grade), 2 for bad input."""
 
 from __future__ import annotations
 
@@ -36,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"self-check, {c.frames} simulated frames of this CT: median {median}, 95th {p95}, "
           f"GFR@10 {c.gfr10_percent:.1f} %, {c.refused} refused, {c.published_over_10mm} published > 10 mm")
     print(f"verdict: {c.verdict}; poses from this bundle: "
-          + ("navigation-grade" if not record.grade_reasons else f"tracking-grade ({'; '.join(record.grade_reasons)})"))
+          + ("navigation-grade" if not record.grade_reasons else f"advisory-grade ({'; '.join(record.grade_reasons)})"))
     return 0 if c.passed else 1

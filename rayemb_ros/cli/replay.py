@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=Params.refine,
                         help="intensity-based refinement after PnP")
     parser.add_argument("--refine-steps", type=positive_int, default=Params.refine_steps, metavar="N",
-                        help="refinement steps (fewer: faster, tracking-grade poses)")
+                        help="refinement steps (fewer: faster, advisory-grade poses)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="estimator device")
     parser.add_argument("--via-node", action="store_true",
                         help="register through `rayemb node` in its own process over DDS")

@@ -66,7 +66,7 @@ class PoseGrade:
     """What the published poses are good for, at the estimator's settings. Navigation-grade:
     the settings whose trust gates were validated on held-out frames (the shipped weights,
     full refinement, every gate at least as strict as its default; docs/results.md).
-    Tracking-grade: anything else, with why. Every pose still passes the configured gates,
+    Advisory-grade: anything else, with why. Every pose still passes the configured gates,
     but off the validated settings those gates have let poses > 10 mm off through."""
 
     reasons: tuple[str, ...] = ()
@@ -77,7 +77,7 @@ class PoseGrade:
 
     @property
     def name(self) -> str:
-        return "navigation" if self.navigation else "tracking"
+        return "navigation" if self.navigation else "advisory"
 
     def __str__(self) -> str:
         return f"{self.name}-grade" + (f" ({'; '.join(self.reasons)})" if self.reasons else "")

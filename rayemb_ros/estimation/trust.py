@@ -102,7 +102,7 @@ LOOSENED_BY = {
 
 
 def pose_grade(params: Params) -> PoseGrade:
-    """Navigation-grade at the validated settings, else tracking-grade with every departure
+    """Navigation-grade at the validated settings, else advisory-grade with every departure
     that makes a wrong pose likelier (weights, refinement, looser gates); stricter is fine."""
     validated = Params()
     reasons = []

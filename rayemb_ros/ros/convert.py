@@ -219,7 +219,7 @@ def diagnostics_msg(health: Health, name: str, header: Header) -> DiagnosticArra
         "last_estimate_ms": health.last_estimate_ms,
         "last_inliers": health.last_inliers,
         "last_reprojection_error_px": health.last_reprojection_error_px,
-        # navigation | tracking (see result.PoseGrade): whether a navigation stack may steer by these poses
+        # navigation | advisory (see result.PoseGrade): whether a navigation stack may steer by these poses
         "pose_grade": health.pose_grade.name if health.pose_grade else "unknown",
         "pose_grade_reasons": "; ".join(health.pose_grade.reasons) if health.pose_grade else "",
     }

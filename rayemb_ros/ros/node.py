@@ -86,7 +86,7 @@ class RayEmbNode(Node):
         then = f"preloading {self.params.volume!r}" if self.params.volume else "waiting for ~/load_volume"
         self.get_logger().info(f"ready (device {estimator.device}, volume_root {self.params.volume_root!r}): {then}")
         if not estimator.pose_grade.navigation:
-            self.get_logger().warning(f"poses will be tracking-grade, not navigation-grade: {'; '.join(estimator.pose_grade.reasons)}")
+            self.get_logger().warning(f"poses will be advisory-grade, not navigation-grade: {'; '.join(estimator.pose_grade.reasons)}")
 
     def stop(self) -> None:
         """Stop estimating and loading (idempotent); the node stays on the graph."""

@@ -109,11 +109,11 @@ def test_only_the_validated_settings_give_navigation_grade_poses(tmp_path):
     other = tmp_path / "mine.pt"
     other.write_bytes(b"weights")
     grade = pose_grade(Params(refine=False, min_inlier_ratio=0.2, max_depth_check_mm=8.0, checkpoint=str(other)))
-    assert grade.name == "tracking"
+    assert grade.name == "advisory"
     assert grade.reasons == (f"encoder weights {str(other)!r}, not the shipped checkpoint", "refinement off",
                              "min_inlier_ratio 0.2 looser than 0.4", "max_depth_check_mm 8.0 looser than 5.0")
     assert pose_grade(Params(refine_steps=8)).reasons == ("refine_steps 8 < 18",)
-    assert str(pose_grade(Params(ransac_threshold_px=6.0))) == "tracking-grade (ransac_threshold_px 6.0 looser than 4.0)"
+    assert str(pose_grade(Params(ransac_threshold_px=6.0))) == "advisory-grade (ransac_threshold_px 6.0 looser than 4.0)"
 
 
 @pytest.fixture(scope="module")

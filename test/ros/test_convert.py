@@ -134,4 +134,4 @@ def test_diagnostics():
     assert empty["volume_loaded"] == "false" and empty["pose_grade"] == "unknown"
     graded = Health(pose_grade=PoseGrade(("refinement off", "refine_steps 4 < 18")))
     graded = {kv.key: kv.value for kv in convert.diagnostics_msg(graded, "n", Header()).status[0].values}
-    assert (graded["pose_grade"], graded["pose_grade_reasons"]) == ("tracking", "refinement off; refine_steps 4 < 18")
+    assert (graded["pose_grade"], graded["pose_grade_reasons"]) == ("advisory", "refinement off; refine_steps 4 < 18")

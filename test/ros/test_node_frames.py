@@ -35,7 +35,7 @@ FLOOD_HZ = 30.0
 FLOOD_S = 20.0
 FLOOD_SIZE = 512
 # Refinement is off here (the queue under a flood is tested, not refinement): its poses are a
-# few mm off, and a few in a hundred are published > 10 mm off, labelled tracking-grade (docs/
+# few mm off, and a few in a hundred are published > 10 mm off, labelled advisory-grade (docs/
 # results.md). The frames of seed 11 reach 2.7 and 3.5 mm; the third, 19 mm, is such a miss.
 POSE_TOLERANCE_MM = 5.0
 
@@ -106,10 +106,10 @@ def test_preloads_the_volume_from_its_config(ros):
     assert values["volume"] == "example" and int(values["num_landmarks"]) > 0
     # refinement is off here: the node says once per start, and on every diagnostics message,
     # that its poses are not for navigation
-    assert (values["pose_grade"], values["pose_grade_reasons"]) == ("tracking", "refinement off")
+    assert (values["pose_grade"], values["pose_grade_reasons"]) == ("advisory", "refinement off")
     log = ros.node.log()
     starts = log.count("ready (device")
-    assert starts >= 1 and log.count("poses will be tracking-grade, not navigation-grade: refinement off") == starts
+    assert starts >= 1 and log.count("poses will be advisory-grade, not navigation-grade: refinement off") == starts
 
 
 def test_an_image_whose_camera_info_never_comes_is_refused(ros, frames):

@@ -69,7 +69,7 @@ def test_diagnostics_say_no_volume_at_first(empty):
     assert values["volume_loaded"] == "false", empty.node.log_tail()
     # the default settings are the validated ones: their poses may steer navigation
     assert (values["pose_grade"], values["pose_grade_reasons"]) == ("navigation", "")
-    assert "tracking-grade" not in empty.node.log()
+    assert "advisory-grade" not in empty.node.log()
 
 
 def test_frames_before_a_volume_are_counted_and_dropped(empty):
@@ -153,7 +153,7 @@ def test_a_prepared_bundle_loads_with_its_weights_and_self_check(loaded, bundles
     values = ros.values(lambda v: v["volume"] == str(folder), 10, "the bundle on /diagnostics", since=0)
     assert values["weights"] == f"bundle {record.weights_digest}"
     assert values["self_check"] == record.self_check.verdict
-    expected = "navigation" if not record.grade_reasons else "tracking"
+    expected = "navigation" if not record.grade_reasons else "advisory"
     assert values["pose_grade"] == expected and values["pose_grade_reasons"] == "; ".join(record.grade_reasons)
     refusal = call(ros, str(escaped))
     assert not refusal.success and "its CT" in refusal.message and "outside volume_root" in refusal.message
