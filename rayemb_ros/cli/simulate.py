@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     room.add_argument("--distortion", choices=("none", *DISTORTION_LEVELS), default="none",
                       help="image-intensifier distortion (edge displacement at 256 px: mild ~3 px, strong ~9 px); "
                            "its dewarp model is written to BAG/dewarp.npz")
-    parser.epilog = ("example: rayemb simulate --volume example --out bags/seed101 --frames 40 --seed 101\n"
-                     "         rayemb simulate --volume example --out bags/orbit --frames 100 --trajectory orbit --fps 15")
+    parser.epilog = ("example: rayemb simulate --volume example --out bags/seed101 --frames 40 --seed 101 "
+                     "[--trajectory orbit --fps 15]")
 
 
 def run(args: argparse.Namespace) -> int:
