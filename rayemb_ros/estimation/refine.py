@@ -268,6 +268,7 @@ class Refiner:
         factors = torch.full((len(DISTORTIONS),), factor, dtype=torch.float32, device=pixels.device)
         scores = gradient_ncc(warped(drr, factors, ideal), target, mask).cpu().numpy().astype(np.float64)
         return float(_parabola_peak(DISTORTIONS, scores, int(np.argmax(scores))))
+
     def _descend(self, T_start: np.ndarray, target, mask, detector, level: Level, steps: int) -> tuple[np.ndarray, float]:
         """Adam steps from ``T_start``; the best pose seen (the start included) and its score."""
         pivot = self._centre_in_source(T_start)

@@ -19,7 +19,6 @@ import numpy as np
 from jaxtyping import Float
 
 from rayemb_ros.estimation.result import Landmarks
-from rayemb_ros.geometry.camera import world_to_camera
 from rayemb_ros.geometry.covariance import landmark_covariance
 from rayemb_ros.params import Params
 
@@ -53,7 +52,7 @@ def covariance_calibration(params: Params) -> Calibration:
 
 def depth_direction(T: Float[np.ndarray, "4 4"], ct_centre: Float[np.ndarray, "3"]) -> Float[np.ndarray, "6"]:
     """The unit 6-vector that moves the source along its ray through the CT centre."""
-    ray = T[:3, :3] @ world_to_camera(T, ct_centre[None])[0]
+    ray = np.asarray(ct_centre, dtype=np.float64) - T[:3, 3]  # source -> CT centre, ct axes
     out = np.zeros(6)
     out[:3] = ray / np.linalg.norm(ray)
     return out

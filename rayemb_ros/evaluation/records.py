@@ -71,8 +71,8 @@ class FrameRecord:
                    frame.K, frame.T_ct_source_gt)
 
     def to_json(self) -> dict[str, Any]:
-        """The contract's fields (mm; ``covariance`` mm and rad), then ours: ``T_initial``, ``reprojection_error_px`` and
-        ``extra``'s. Non-finite numbers become null (JSON has no NaN)."""
+        """The contract's fields (mm; ``covariance`` mm and rad), then ours: ``T_initial``,
+        ``reprojection_error_px`` and ``extra``'s. Non-finite numbers become null (JSON has no NaN)."""
         out: dict[str, Any] = {
             "index": self.index,
             "stamp_ns": self.stamp_ns,

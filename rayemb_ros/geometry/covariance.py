@@ -17,6 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from rayemb_ros.geometry.camera import project
 
+CHI2_6_95 = 12.592  # chi-square, 6 degrees of freedom, 95th percentile
 # Central differences: small beside any pose error that matters, large beside float64 noise.
 _STEP = np.array([1e-3, 1e-3, 1e-3, 1e-6, 1e-6, 1e-6])  # mm, rad
 
@@ -60,5 +61,3 @@ def mahalanobis_squared(error: Float[np.ndarray, "6"], covariance: Float[np.ndar
     """``e^T C^-1 e``: below CHI2_6_95 for 95 % of the errors of a calibrated covariance."""
     return float(error @ np.linalg.solve(covariance, error))
 
-
-CHI2_6_95 = 12.592  # chi-square, 6 degrees of freedom, 95th percentile

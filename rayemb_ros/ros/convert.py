@@ -91,22 +91,24 @@ def pose_stamped(T_ct_source: Float[np.ndarray, "4 4"], header: Header) -> PoseS
     return PoseStamped(header=header, pose=matrix_to_pose(T_ct_source))
 
 
-# The covariance's 6-vector: mm for the position, rad for the rotation -> m and rad.
-_TO_ROS_UNITS = np.array([1 / MM_PER_M] * 3 + [1.0] * 3)
+# The covariance's 6-vector: mm for the position, rad for the rotation -> m and rad; its 6x6
+# entries scale by the product of their row's and column's factors.
+_VECTOR_TO_ROS = np.array([1 / MM_PER_M] * 3 + [1.0] * 3)
+_TO_ROS_UNITS = np.outer(_VECTOR_TO_ROS, _VECTOR_TO_ROS)
 
 
 def pose_with_covariance(T_ct_source: Float[np.ndarray, "4 4"], covariance_mm_rad: Float[np.ndarray, "6 6"],
                          header: Header) -> PoseWithCovarianceStamped:
     """The pose with its covariance (``geometry.covariance``: x, y, z, rotation about x, y, z of
     the ``ct`` axes), row-major in m and rad."""
-    ros = covariance_mm_rad * np.outer(_TO_ROS_UNITS, _TO_ROS_UNITS)
+    ros = covariance_mm_rad * _TO_ROS_UNITS
     return PoseWithCovarianceStamped(header=header, pose=PoseWithCovariance(
         pose=matrix_to_pose(T_ct_source), covariance=[float(x) for x in ros.ravel()]))
 
 
 def covariance_from_ros(values) -> Float[np.ndarray, "6 6"]:
     """A PoseWithCovariance's 36 values (m, rad) as the core's 6x6 (mm, rad)."""
-    return np.asarray(values, dtype=np.float64).reshape(6, 6) / np.outer(_TO_ROS_UNITS, _TO_ROS_UNITS)
+    return np.asarray(values, dtype=np.float64).reshape(6, 6) / _TO_ROS_UNITS
 
 
 def transform_stamped(T_ct_source: Float[np.ndarray, "4 4"], header: Header, child_frame: str) -> TransformStamped:

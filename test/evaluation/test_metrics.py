@@ -115,6 +115,7 @@ def test_covariance_coverage_counts_errors_inside_the_95_percent_region():
     """Errors drawn from each pose's own covariance: ~95 % inside overall and per tercile; the
     same errors judged by one constant covariance: too many inside where little is predicted."""
     from rayemb_ros.evaluation.metrics import covariance_coverage
+    from rayemb_ros.geometry.covariance import CHI2_6_95
 
     rng = np.random.default_rng(0)
     covariances = [np.diag([s, s, s, 1e-6 * s, 1e-6 * s, 1e-6 * s]) for s in np.exp(rng.uniform(-3, 3, 600))]
@@ -127,4 +128,4 @@ def test_covariance_coverage_counts_errors_inside_the_95_percent_region():
     # every error of that third lies inside it
     constant = np.mean(covariances, axis=0)
     small = np.argsort([np.trace(C[:3, :3]) for C in covariances])[:200]
-    assert all(e @ np.linalg.solve(constant, e) < 12.592 for e in np.array(errors)[small])
+    assert all(e @ np.linalg.solve(constant, e) < CHI2_6_95 for e in np.array(errors)[small])
