@@ -106,6 +106,13 @@ class Params:
     # median 15.0 -> 3.8 mm, GFR@10 60 -> 7.5 %. Off = landmarks and PnP alone. Refinement
     # runs this search itself.
     depth_search: bool = True
+    # Live fluoroscopy (estimation.tracking): each frame's prior is the last trusted pose, carried
+    # on by the last motion, while that pose is recent; landmarks are looked for near their
+    # predicted projections and refinement starts from the prior (3 steps at 96 px, 0.3 x the
+    # time). Every frame still passes every gate, and one the prior does not fit is registered
+    # from scratch. Off = every frame from scratch (`rayemb replay` registers so unless given
+    # --tracking). Poses from the prior: docs/tracking.md.
+    tracking: bool = True
     # An image intensifier's dewarp model (a grid file: map_u, map_v, where each ideal pixel
     # shows in the distorted frame; `rayemb simulate --distortion` writes one as BAG/dewarp.npz):
     # frames are undistorted with it before registration. "" = a flat panel, no distortion.

@@ -20,6 +20,12 @@ def good_frames(volume, n: int) -> list[Frame]:
     return list(simulate_frames(volume, shots, SEED, renderer="nanodrr"))
 
 
+def orbit_frames(volume, n: int) -> list[Frame]:
+    """``n`` frames of a C-arm orbiting at 15 fps."""
+    shots = plan(volume, n, SEED, SIZE, SIZE, trajectory="orbit", fps=15.0)
+    return list(simulate_frames(volume, shots, SEED, renderer="nanodrr", fps=15.0))
+
+
 def with_constant_frame(frames: list[Frame], at: int) -> list[Frame]:
     """The frames with a constant image (rejected on decoding) inserted at ``at``, all stamps
     kept in order and distinct."""

@@ -20,22 +20,23 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from rayemb_ros.estimation.refine import STANDALONE_SEARCH_SAMPLES, Refiner
+from rayemb_ros.estimation.refine import PRIOR_LEVELS, PRIOR_REFINE_STEPS, STANDALONE_SEARCH_SAMPLES, Refiner
 from rayemb_ros.estimation.bundle import (
     WEIGHTS, BundleError, is_bundle, load_scene, read_record, verify, volume_grade_reasons,
 )
 from rayemb_ros.estimation.result import Estimate, Landmarks, PoseGrade, VolumeInfo
 from rayemb_ros.estimation.scene import Scene, landmark_subspaces
+from rayemb_ros.estimation.tracking import Prior
 from rayemb_ros.estimation.trust import match_distrust, pnp_distrust, pose_grade, refined_distrust
 from rayemb_ros.estimation.uncertainty import covariance_calibration, pose_covariance
-from rayemb_ros.geometry.camera import REFERENCE_WIDTH, rescale_pixels, resize_image, working_grid
+from rayemb_ros.geometry.camera import REFERENCE_WIDTH, project, rescale_pixels, resize_image, working_grid
 from rayemb_ros.geometry.pnp import solve_pnp
 from rayemb_ros.geometry.volume import Volume, load_volume
 from rayemb_ros.imaging.render import import_renderer
 from rayemb_ros.io.cache import cached_arrays
 from rayemb_ros.learning.checkpoint import CheckpointError, load_encoder, weights_digest
 from rayemb_ros.learning.device import pick_device
-from rayemb_ros.learning.subspace import coarse_to_fine_peaks
+from rayemb_ros.learning.subspace import coarse_to_fine_peaks, window_peaks
 from rayemb_ros.params import Params
 
 
@@ -43,7 +44,6 @@ class Estimator:
     def __init__(self, params: Params = Params()):
         self.params = params.validated()
         self._settings_grade = pose_grade(self.params)
-        self._calibration = covariance_calibration(self.params)
         self.device = pick_device(params.device)
         self.encoder, self.checkpoint_meta = load_encoder(params.checkpoint or None, self.device)
         # Identifies the weights for the scene cache (state, not file name).
@@ -142,10 +142,15 @@ class Estimator:
                      weights=self.weights_label, grade_reasons=volume_grade_reasons(source))
 
     # ---------------------------------------------------------------- per frame
-    def estimate(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"]) -> Estimate:
-        """Register one frame (attenuation intensity, any scale and size; ``K`` of that image)."""
+    def estimate(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"], prior: Prior | None = None) -> Estimate:
+        """Register one frame (attenuation intensity, any scale and size; ``K`` of that image).
+
+        With a ``prior`` (a pose the frame is expected near: estimation.tracking), landmarks are
+        looked for in windows about their projections under it and refinement starts from it
+        (``mode`` "prior"); when that gives no trusted pose, the frame is registered from
+        scratch (``mode`` "full", ``fallback`` saying why the prior did not do).
+        """
         started = time.perf_counter()
-        stage: dict[str, float] = {}
         scene = self._scene
         if scene is None:
             return Estimate.refused("no volume loaded")
@@ -156,25 +161,54 @@ class Estimator:
             return Estimate.refused("image contains NaN or Inf")
         if image.max() == image.min():
             return Estimate.refused("constant image")
+        with torch.no_grad():
+            emb = self.embed(image, K)[0]
+        encoder_ms = (time.perf_counter() - started) * 1000
+        fallback = ""
+        if prior is not None:
+            attempt = self._register(image, K, scene, emb, {"encoder": encoder_ms}, started, prior)
+            if attempt.ok:
+                return attempt
+            fallback = attempt.reason
+        stage = {"encoder": encoder_ms}
+        if prior is not None:
+            stage["prior"] = (time.perf_counter() - started) * 1000 - encoder_ms
+        estimate = self._register(image, K, scene, emb, stage, started)
+        estimate.fallback = fallback
+        return estimate
+
+    def _register(self, image: Float[np.ndarray, "H W"], K: Float[np.ndarray, "3 3"], scene: Scene,
+                  emb: Float[torch.Tensor, "D h w"], stage: dict[str, float], started: float,
+                  prior: Prior | None = None) -> Estimate:
+        """The frame's pose from its embeddings: landmarks (everywhere, or near ``prior``), PnP,
+        the trust gates, refinement or the depth search. Every stage's time goes into ``stage``."""
         h, w = image.shape
         scale = REFERENCE_WIDTH / w  # input pixels -> reference pixels
+        work = tuple(emb.shape[-2:])
 
         def tick(name: str, since: float) -> float:
             now = time.perf_counter()
             stage[name] = (now - since) * 1000
             return now
 
-        t = started
+        t = time.perf_counter()
         with torch.no_grad():
-            emb = self.embed(image, K)
-            work_h, work_w = emb.shape[-2:]
-            t = tick("encoder", t)
-            uv_small, scores = coarse_to_fine_peaks(scene.basis, emb[0])
+            if prior is None:
+                uv_small, scores = coarse_to_fine_peaks(scene.basis, emb)
+                found = torch.ones(len(scores), dtype=torch.bool)
+            else:
+                predicted = rescale_pixels(project(K, prior.T_ct_source, scene.landmarks), (h, w), work)
+                # A landmark behind the source or far outside the frame gets a window that cannot fit.
+                predicted = np.clip(np.nan_to_num(predicted, nan=-1e4), -1e4, 1e4)
+                radius = max(1, round(prior.window_px * work[1] / REFERENCE_WIDTH))
+                uv_small, scores, found = window_peaks(
+                    scene.basis, emb, torch.as_tensor(predicted, device=emb.device), radius)
             uv_small = uv_small.cpu().numpy().astype(np.float64)
             scores = scores.cpu().numpy().astype(np.float64)
+            found = found.cpu().numpy()
         t = tick("similarity", t)
-        uv = rescale_pixels(uv_small, (work_h, work_w), (h, w))  # back to input pixels
-        best = np.argsort(-scores)[: self.params.num_keep]
+        uv = rescale_pixels(uv_small, work, (h, w))  # back to input pixels
+        best = [i for i in np.argsort(-scores) if found[i]][: self.params.num_keep]
         points, uv, scores = scene.landmarks[best], uv[best], scores[best]
 
         pnp = solve_pnp(points, uv, K, self.params.ransac_threshold_px / scale)
@@ -182,23 +216,36 @@ class Estimator:
         landmarks = Landmarks(points, uv, scores, pnp.inliers)
         reproj = pnp.reprojection_error_px * scale
         num_inliers = int(pnp.inliers.sum())
-        common = dict(num_inliers=num_inliers, reprojection_error_px=reproj, stage_ms=stage)
+        mode = "full" if prior is None else "prior"
+        common = dict(num_inliers=num_inliers, reprojection_error_px=reproj, stage_ms=stage, mode=mode)
 
         def decided(reason: str, T: np.ndarray | None = None) -> Estimate:
             """The frame's estimate: refused for ``reason``, else the pose ``T``, timed."""
             stage["total"] = (time.perf_counter() - started) * 1000
             if reason:
+                if prior is not None:
+                    reason = f"{prior.source} as prior: {reason}"
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
-            covariance = pose_covariance(K, T, landmarks, pnp.reprojection_error_px, scene.volume.center, self._calibration)
+            calibration = covariance_calibration(self.params, prior=prior is not None)
+            covariance = pose_covariance(K, T, landmarks, pnp.reprojection_error_px, scene.volume.center, calibration)
             return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], covariance=covariance,
                             **common)
 
-        reason = pnp_distrust(pnp.T_ct_source, scene.volume.center, num_inliers, len(points), reproj, self.params)
+        # Near a prior the landmarks were only looked for where the prior expects them: its
+        # PnP pose needs the full share of inliers among as many landmarks as a frame from
+        # scratch keeps, never refinement's rescue share.
+        reason = pnp_distrust(pnp.T_ct_source, scene.volume.center, num_inliers,
+                              len(points) if prior is None else self.params.num_keep, reproj, self.params,
+                              rescue=prior is None)
         if reason:
             return decided(reason)
         T = pnp.T_ct_source
         if self.params.refine:
-            refined = scene.refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
+            if prior is None or not prior.warm_start:
+                refined = scene.refiner.refine(image, K, T, steps=self.params.refine_steps, sdd_mm=self.params.sdd_mm)
+            else:
+                refined = scene.refiner.refine(image, K, prior.T_ct_source, steps=PRIOR_REFINE_STEPS,
+                                               sdd_mm=self.params.sdd_mm, levels=PRIOR_LEVELS)
             T = refined.T_ct_source
             t = tick("refine", t)
             reason = refined_distrust(refined, pnp.T_ct_source, K, landmarks, scale, self.params)

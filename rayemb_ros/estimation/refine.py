@@ -76,12 +76,14 @@ DISTORTIONS = np.linspace(-0.15, 0.15, 31)
 @dataclass(frozen=True)
 class Level:
     """One resolution of the schedule: DRR width (px), share of the steps, Adam step sizes
-    (about the first step's size: radians and mm)."""
+    (about the first step's size: radians and mm), and whether the magnification search
+    places the depth before the steps."""
 
     width: int
     share: float
     lr_rot: float
     lr_trans: float
+    search: bool = True
 
 
 # The coarse level's rotation step sets how far refinement can turn: with 5e-3 rad its 13
@@ -89,6 +91,15 @@ class Level:
 # horizontal axis ended 11.5 mm off (tilt traded against depth). With 1e-2 they end <= 8 mm
 # and the median improves (100 held-out frames, seed 707: 1.17 -> 0.91 mm).
 LEVELS = (Level(64, 0.7, 1e-2, 1.0), Level(96, 0.3, 2e-3, 0.4))
+# From a prior (estimation.tracking): the start is the prior, the last trusted pose carried
+# on by the C-arm's last motion, so the fine level alone, without a search before it, in 3
+# steps (0.7 s of 2.4 s). Its depth is the weak direction: the searches settle it to ~2 mm,
+# only the fine level's steps move it nearer. On 25 frames of an orbit (docs/tracking.md):
+# 3 fine steps 1.66 mm median (0.69 s); 4 coarse steps with a search before them 1.46 mm
+# but a third of the frames back on the full path (depth unsettled); 4 coarse steps
+# without it 2.0 mm; from PnP's pose instead of the prior, depth unsettled on every frame.
+PRIOR_LEVELS = (Level(96, 1.0, 2e-3, 0.4, search=False),)
+PRIOR_REFINE_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -300,6 +311,7 @@ class Refiner:
         T_initial: Float[np.ndarray, "4 4"],
         steps: int = 18,
         sdd_mm: float = 1020.0,
+        levels: tuple[Level, ...] = LEVELS,
     ) -> Refinement:
         """Refine ``T_initial`` (camera-to-world, mm) against a frame (attenuation, any
         scale) with intrinsics ``K``; ``steps`` gradient steps split over the levels. Never
@@ -308,15 +320,16 @@ class Refiner:
         T = np.asarray(T_initial, dtype=np.float64)
         score_initial = score = float("nan")
         distortions = []
-        for i, level in enumerate(LEVELS):
+        for i, level in enumerate(levels):
             # Depth first, then the rotation and shifts it unlocks; at the second level the
             # search starts from a pose whose rotation is right, and lands nearer the truth.
-            T, match = self.magnification_search(T, image, K, sdd_mm)
-            distortions.append(match.radial_distortion)
+            if level.search:
+                T, match = self.magnification_search(T, image, K, sdd_mm)
+                distortions.append(match.radial_distortion)
             target, mask, detector = self._target(image, K, level.width, sdd_mm)
             n = max(1, int(round(steps * level.share)))
             T, score = self._descend(T, target, mask, detector, level, n)
-            if i == len(LEVELS) - 1:
+            if i == len(levels) - 1:
                 score_initial = self._score(T_initial, target, mask, detector)
                 if score_initial >= score:  # the finest level prefers where we began
                     T, score = np.asarray(T_initial, dtype=np.float64), score_initial

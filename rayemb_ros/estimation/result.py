@@ -45,6 +45,7 @@ class Estimate:
     # 6x6 of an accepted pose (geometry.covariance: position mm, rotation rad, ct axes)
     covariance: Float[np.ndarray, "6 6"] | None = None
     mode: str = "full"  # how the frame was registered: "full" (from scratch) or "prior"
+    fallback: str = ""  # given a prior, why the frame was registered from scratch instead
 
     @classmethod
     def refused(cls, reason: str, landmarks: Landmarks | None = None, **kwargs) -> Estimate:
@@ -58,6 +59,7 @@ class Estimate:
             reprojection_error_px=kwargs.pop("reprojection_error_px", float("nan")),
             latency_ms=kwargs.pop("latency_ms", 0.0),
             stage_ms=kwargs.pop("stage_ms", {}),
+            mode=kwargs.pop("mode", "full"),
         )
 
 

@@ -32,6 +32,7 @@ from rayemb_ros.imaging.intensity import estimator_image
 from rayemb_ros.params import Params
 from rayemb_ros.estimation.bundle import BundleError, is_bundle, read_record
 from rayemb_ros.estimation.result import Estimate, PoseGrade, VolumeInfo
+from rayemb_ros.estimation.tracking import MAX_PRIOR_AGE_S, Prior, Tracker
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,11 @@ class Health:
     last_inliers: int = 0
     last_reprojection_error_px: float = math.nan
     pose_grade: PoseGrade | None = None  # the estimator's; None = not known (reported as such)
+    last_mode: str = ""  # how the last estimated frame was registered: "prior" or "full"
+    last_fallback: str = ""  # given a prior, why the last frame was registered from scratch
+    poses_from_prior: int = 0
+    priors_received: int = 0  # poses from outside (~/pose_prior)
+    priors_ignored: int = 0  # ... ignored: another frame_id, or stale
 
 
 @dataclass
@@ -148,10 +154,11 @@ class Result:
 class EstimatorLike(Protocol):
     has_volume: bool
     pose_grade: PoseGrade
+    scene: Any
 
     def load_volume(self, path: str) -> VolumeInfo: ...
 
-    def estimate(self, image: np.ndarray, K: np.ndarray) -> Estimate: ...
+    def estimate(self, image: np.ndarray, K: np.ndarray, prior: Prior | None = None) -> Estimate: ...
 
 
 @dataclass
@@ -197,6 +204,10 @@ class Runner:
         self._infos_per_image = False  # the last frame found the CameraInfo with its stamp
         self._waiting_for: int | None = None  # the stamp whose CameraInfo the worker waits for
         self._closed = False
+        # Frames in order, each with the last trusted pose as its prior (params.tracking).
+        self._tracker = Tracker(estimator) if params.tracking else None
+        self._outside: Prior | None = None  # a pose from outside, for the worker to hand to the tracker
+        self._newest_stamp_ns: int | None = None  # of the frames received
         self._health = Health(pose_grade=estimator.pose_grade)
         self._thread = threading.Thread(target=self._work, name="rayemb-worker", daemon=True)
         self._thread.start()
@@ -226,6 +237,7 @@ class Runner:
         """Queue a frame for estimation, replacing one still waiting."""
         with self._cv:
             self._count(frames_received=1)
+            self._newest_stamp_ns = max(frame.stamp_ns, self._newest_stamp_ns or frame.stamp_ns)
             if self._health.volume is None:
                 self._count(dropped_no_volume=1)
                 # One line, not one per frame: the count is on /diagnostics.
@@ -236,6 +248,27 @@ class Runner:
                     self._count(dropped_stale=1)
                 self._frame = frame
                 self._cv.notify()
+
+    def pose_prior(self, T_ct_source: Float[np.ndarray, "4 4"], stamp_ns: int, frame_id: str) -> None:
+        """A pose from outside (the C-arm's angle readout, the robot's kinematics): it starts
+        tracking where no trusted pose is recent. Ignored, with a diagnostics line, when it is
+        in another frame than ``ct_frame``, older than the frames by more than a prior may be
+        (MAX_PRIOR_AGE_S), or when tracking is off."""
+        with self._cv:
+            self._count(priors_received=1)
+            newest = self._newest_stamp_ns
+            if self._tracker is None:
+                why = "tracking is off"
+            elif frame_id != self._params.ct_frame:
+                why = f"its frame_id {frame_id!r} is not {self._params.ct_frame!r}"
+            elif newest is not None and newest - stamp_ns > MAX_PRIOR_AGE_S * 1e9:
+                why = f"stale: {(newest - stamp_ns) / 1e9:.1f} s older than the newest frame"
+            else:
+                self._outside = Prior.outside(np.asarray(T_ct_source, dtype=np.float64), stamp_ns)
+                return
+            self._count(priors_ignored=1)
+            # One line per run of ignored priors, not one per message: the count is on /diagnostics.
+            self._event(Level.WARN, f"pose_prior ignored: {why}", log=self._health.priors_ignored == 1)
 
     def reject(self, reason: str) -> None:
         """Report a received frame that cannot be used."""
@@ -304,6 +337,9 @@ class Runner:
             load.error = exc
         with self._cv:
             if load.info is not None:
+                if self._tracker is not None:
+                    self._tracker.reset()  # poses of the CT before mean nothing now
+                    self._outside = None
                 grade = self._estimator.pose_grade  # a bundle's self-check has its say
                 self._health = replace(self._health, volume=load.info, pose_grade=grade)
                 info = load.info
@@ -359,13 +395,23 @@ class Runner:
             with self._cv:
                 self._reject(str(exc))
             return
-        estimate = self._estimator.estimate(image, info.K)
+        if self._tracker is None:
+            estimate = self._estimator.estimate(image, info.K)
+        else:
+            with self._cv:
+                outside, self._outside = self._outside, None
+            if outside is not None:
+                self._tracker.seed(outside)
+            estimate = self._tracker.estimate(image, info.K, frame.stamp_ns)
         latency_ms = (time.monotonic() - frame.received_s) * 1e3
         self._on_result(Result(frame, info.K, estimate, latency_ms))
         with self._cv:
-            self._count(frames_estimated=1, poses_ok=int(estimate.ok))
+            self._count(frames_estimated=1, poses_ok=int(estimate.ok),
+                        poses_from_prior=int(estimate.ok and estimate.mode == "prior"))
             self._health = replace(
                 self._health,
+                last_mode=estimate.mode,
+                last_fallback=estimate.fallback,
                 last_latency_ms=latency_ms,
                 last_estimate_ms=estimate.latency_ms,
                 last_inliers=estimate.num_inliers,
@@ -374,7 +420,7 @@ class Runner:
             if estimate.ok:
                 self._event(
                     Level.OK,
-                    f"pose ok: {estimate.num_inliers} inliers, "
+                    f"pose ok ({estimate.mode}): {estimate.num_inliers} inliers, "
                     f"{estimate.reprojection_error_px:.2f} px, {latency_ms:.0f} ms",
                     log=False,
                 )

@@ -35,15 +35,16 @@ def landmark_residual_after_scale(T: Float[np.ndarray, "4 4"], K: Float[np.ndarr
 
 
 def pnp_distrust(T: Float[np.ndarray, "4 4"] | None, ct_centre: Float[np.ndarray, "3"], num_inliers: int,
-                 num_points: int, reprojection_error_px: float, params: Params) -> str:
+                 num_points: int, reprojection_error_px: float, params: Params, rescue: bool = True) -> str:
     """Why a PnP pose must not be published (or refined), or "" when it passes every gate.
-    ``reprojection_error_px``: per 256 px of width; ``ct_centre``: mm, ``ct``."""
+    ``reprojection_error_px``: per 256 px of width; ``ct_centre``: mm, ``ct``. ``rescue``:
+    with refinement on, a pose of few inliers may go to refinement (refine_min_inlier_ratio)."""
     if T is None:
         return "PnP found no consistent pose"
     if num_inliers < params.min_inliers:
         return f"too few inliers ({num_inliers} < {params.min_inliers})"
     # refinement, and the gates after it, can rescue a pose PnP alone could not publish
-    min_ratio = params.refine_min_inlier_ratio if params.refine else params.min_inlier_ratio
+    min_ratio = params.refine_min_inlier_ratio if params.refine and rescue else params.min_inlier_ratio
     if num_inliers < min_ratio * num_points:
         return f"inlier ratio {num_inliers / num_points:.2f} below {min_ratio:.2f}"
     if not reprojection_error_px <= params.max_reprojection_error_px:

@@ -41,13 +41,18 @@ class Calibration:
 REFINED = Calibration(scale=2.08, depth=1.02)
 DEPTH_SEARCHED = Calibration(scale=12.5, depth=2.6)
 LANDMARKS_ONLY = Calibration(scale=13.5, depth=1.63)
+# From a prior (estimation.tracking): fitted on held-out sequences (docs/tracking.md).
+PRIOR_REFINED = Calibration(scale=2.08, depth=3.0)
+PRIOR_DEPTH_SEARCHED = Calibration(scale=12.5, depth=2.6)
 
 
-def covariance_calibration(params: Params) -> Calibration:
-    """The calibration of the way ``params`` reach a pose."""
+def covariance_calibration(params: Params, prior: bool = False) -> Calibration:
+    """The calibration of the way ``params`` reach a pose, from scratch or from a prior."""
     if params.refine:
-        return REFINED
-    return DEPTH_SEARCHED if params.depth_search else LANDMARKS_ONLY
+        return PRIOR_REFINED if prior else REFINED
+    if not params.depth_search:
+        return LANDMARKS_ONLY
+    return PRIOR_DEPTH_SEARCHED if prior else DEPTH_SEARCHED
 
 
 def depth_direction(T: Float[np.ndarray, "4 4"], ct_centre: Float[np.ndarray, "3"]) -> Float[np.ndarray, "6"]:

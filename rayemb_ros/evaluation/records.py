@@ -44,6 +44,7 @@ class FrameRecord:
     extra: dict[str, float] = field(default_factory=dict)  # mode-specific numbers, e.g. round-trip time
     covariance: Float[np.ndarray, "6 6"] | None = None  # of an accepted pose: mm and rad, ct axes
     mode: str = "full"  # "full" (registered from scratch) or "prior"
+    fallback: str = ""  # given a prior, why the frame was registered from scratch instead
 
     @classmethod
     def of_estimate(cls, index: int, frame: Frame, estimate: Estimate) -> FrameRecord:
@@ -62,6 +63,7 @@ class FrameRecord:
             T_gt=frame.T_ct_source_gt,
             covariance=estimate.covariance if estimate.ok else None,
             mode=estimate.mode,
+            fallback=estimate.fallback,
         )
 
     @classmethod
@@ -85,6 +87,8 @@ class FrameRecord:
         if not self.ok:
             out["reason"] = self.reason
         out["mode"] = self.mode
+        if self.fallback:
+            out["fallback"] = self.fallback
         if self.ok and self.covariance is not None:
             out["covariance"] = np.asarray(self.covariance, dtype=np.float64).tolist()
         out["T_initial"] = _matrix(self.T_initial)

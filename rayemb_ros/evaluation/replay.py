@@ -6,7 +6,9 @@ Writes (../shared/CONTRACT.md, "`rayemb replay` output"):
 * ``DIR/metrics.json`` when the bag has ground truth: mTRE percentiles and GFR@10/@5 over
   every frame with ground truth (a frame without a pose counts as a failure; see
   ``metrics``), latency percentiles, frame counts, and what the numbers are over;
-* ``DIR/report.html`` with PNG figures beside it (``report``).
+* ``DIR/report.html`` with PNG figures beside it (``report``);
+* with tracking (``--tracking``), the same frames are registered one by one from scratch too:
+  ``DIR/estimates_frame_by_frame.jsonl``, and ``metrics.json``'s ``tracking`` compares the two.
 
 How the frames are registered is the caller's choice (a ``Registration``): ``InProcess``
 runs the estimator here, frame after frame, and the latency is the estimator's own;
@@ -21,14 +23,17 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from rayemb_ros.errors import InputError
-from rayemb_ros.io.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC, read_bag
+from rayemb_ros.estimation.tracking import Prior, Tracker
+from rayemb_ros.io.bags import IMAGE_TOPIC, INFO_TOPIC, POSE_TOPIC, StampedPose, read_bag
 from rayemb_ros.io.camera_info import NO_CAMERA_INFO
 from rayemb_ros.io.images import ImageError
 from rayemb_ros.imaging.intensity import estimator_image
@@ -97,12 +102,22 @@ def prepare_image(frame, params: Params) -> np.ndarray | str:
         return str(exc)
 
 
-def register_in_process(estimator, bag: Path, topics: Topics, params: Params):
-    """FrameRecords of the bag's images, estimated here one after the other (lazily)."""
+def register_in_process(estimator, bag: Path, topics: Topics, params: Params, priors: Sequence[StampedPose] = ()):
+    """FrameRecords of the bag's images, estimated here one after the other (lazily). With
+    ``params.tracking``, through a Tracker (each frame's prior: the last trusted pose), which
+    ``priors`` (poses from outside, ``ct`` frame) seed as their stamps come."""
+    tracker = Tracker(estimator) if params.tracking else None
+    waiting = deque(sorted(priors, key=lambda p: p.stamp_ns))
     for index, frame in enumerate(topics.read(bag)):
+        while waiting and waiting[0].stamp_ns <= frame.stamp_ns:
+            outside = waiting.popleft()
+            if tracker is not None:
+                tracker.seed(Prior.outside(outside.T, outside.stamp_ns))
         image = prepare_image(frame, params)
         if isinstance(image, str):
             yield FrameRecord.unusable(index, frame, image)
+        elif tracker is not None:
+            yield FrameRecord.of_estimate(index, frame, tracker.estimate(image, frame.K, frame.stamp_ns))
         else:
             yield FrameRecord.of_estimate(index, frame, estimator.estimate(image, frame.K))
 
@@ -114,6 +129,8 @@ class Registered:
     records: list[FrameRecord]
     volume: Volume  # the CT, as loaded
     estimator: Any | None  # an Estimator holding the CT (for the report's heatmaps); None: none here
+    # With tracking: the same frames registered one by one from scratch, to compare with.
+    frame_by_frame: list[FrameRecord] | None = None
 
 
 class Registration(Protocol):
@@ -130,11 +147,16 @@ class Registration(Protocol):
 
 
 class InProcess:
-    """The estimator here, frame after frame (``register_in_process``)."""
+    """The estimator here, frame after frame (``register_in_process``); with tracking, the
+    frames are registered twice, tracked and one by one from scratch, so that the two compare
+    on the same frames in one run. ``priors``: poses from outside (``--prior-topic``)."""
 
     mode = "in process"
     knows_refused_poses = True
     notes: tuple[str, ...] = ()
+
+    def __init__(self, priors: Sequence[StampedPose] = ()):
+        self.priors = priors
 
     def register(self, bag: Path, volume_spec: str, params: Params, topics: Topics, out: Path,
                  progress: dict[str, Any]) -> Registered:
@@ -144,8 +166,13 @@ class InProcess:
 
         estimator = Estimator(params)
         estimator.load_volume(volume_spec)
-        records = list(tqdm(register_in_process(estimator, bag, topics, params), **progress))
-        return Registered(records, estimator.scene.volume, estimator)
+        records = list(tqdm(register_in_process(estimator, bag, topics, params, self.priors), **progress))
+        frame_by_frame = None
+        if params.tracking:
+            progress = progress | {"desc": "frame by frame"}
+            scratch = replace(params, tracking=False)
+            frame_by_frame = list(tqdm(register_in_process(estimator, bag, topics, scratch), **progress))
+        return Registered(records, estimator.scene.volume, estimator, frame_by_frame)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -259,8 +286,13 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
     records, volume, estimator = done.records, done.volume, done.estimator
     write_estimates(out / "estimates.jsonl", records)
     evaluation = evaluate(records, volume, candidates_known=registration.knows_refused_poses, refine=params.refine)
+    if done.frame_by_frame is not None:
+        write_estimates(out / "estimates_frame_by_frame.jsonl", done.frame_by_frame)
     if evaluation is not None:
         evaluation.metrics["pose_grade"] = {"grade": grade.name, "reasons": list(grade.reasons)}
+        if done.frame_by_frame is not None:
+            scratch = evaluate(done.frame_by_frame, volume, registration.knows_refused_poses, params.refine)
+            evaluation.metrics["tracking"] = tracking_comparison(records, evaluation.metrics, scratch.metrics)
         (out / "metrics.json").write_text(json.dumps(json_safe(evaluation.metrics), indent=1, allow_nan=False) + "\n")
     if estimator is None and any(len(r.landmarks) for r in records):
         estimator = Estimator(params)  # for the heatmaps only, once the registration is done
@@ -273,6 +305,28 @@ def replay(bag: Path, volume_spec: str, out: Path, params: Params, topics: Topic
     report = _write_report(out, bag, topics, params, records, evaluation, volume, estimator, facts,
                            list(registration.notes))
     return Replay(records, evaluation, out, report, grade)
+
+
+def tracking_comparison(records: list[FrameRecord], tracked: dict[str, Any], scratch: dict[str, Any]) -> dict[str, Any]:
+    """The tracked run beside the frame-by-frame one on the same frames: how many frames came
+    from a prior and how many fell back, the prior path's own latency, and both runs' accuracy
+    and latency (``metrics.json``'s ``tracking``)."""
+    prior = [r for r in records if r.mode == "prior"]
+
+    def summary(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: m[k] for k in ("frames_ok", "mtre_mm", "gfr_percent", "latency_ms")} | {
+            "published_over_10_mm": m["trust"]["accepted_over_threshold"] if "trust" in m else None}
+
+    return {
+        "frames_prior": len(prior),
+        "frames_fallback": sum(bool(r.fallback) for r in records),
+        "prior_published_over_10_mm": sum(1 for r in prior if r.ok and (m := tracked["per_frame_mtre_mm"][r.index]) is not None
+                                          and m > GFR_TRUST_MM),
+        "latency_prior_ms": latency_summary([r.latency_ms for r in prior]) if prior else None,
+        "latency_p50_ratio": tracked["latency_ms"]["p50"] / scratch["latency_ms"]["p50"],
+        "tracked": summary(tracked),
+        "frame_by_frame": summary(scratch),
+    }
 
 
 def summary_lines(records: list[FrameRecord], evaluation: Evaluation | None) -> list[str]:
@@ -297,6 +351,16 @@ def summary_lines(records: list[FrameRecord], evaluation: Evaluation | None) -> 
     latency = [r.latency_ms for r in records if r.latency_ms is not None]
     if latency:
         lines.append(f"latency: p50 {ms(np.percentile(latency, 50))}, p95 {ms(np.percentile(latency, 95))}")
+    tracking = evaluation.metrics.get("tracking") if evaluation is not None else None
+    if tracking:
+        scratch, prior_ms = tracking["frame_by_frame"], tracking["latency_prior_ms"]
+        lines.append(f"tracking: {tracking['frames_prior']} of {len(records)} frames from the prior "
+                     f"({tracking['frames_fallback']} fell back to the full path)"
+                     + (f", prior path latency p50 {ms(prior_ms['p50'])}" if prior_ms else "")
+                     + f"; latency p50 {tracking['latency_p50_ratio']:.2f} x frame by frame")
+        lines.append(f"frame by frame, same frames: median {mm(scratch['mtre_mm']['p50'])}, 95th "
+                     f"{mm(scratch['mtre_mm']['p95'])}, GFR@10 {scratch['gfr_percent']['10']:.1f} %, "
+                     f"latency p50 {ms(scratch['latency_ms']['p50'])}")
     roundtrip = [r.extra["roundtrip_ms"] for r in records if "roundtrip_ms" in r.extra]
     if roundtrip:  # through the node: from publishing the image to receiving the node's answer
         lines.append(f"end to end (image published -> TF / verdict received): p50 {ms(np.percentile(roundtrip, 50))}, "

@@ -114,3 +114,19 @@ def reference_detector(height: int, width: int, detector_range: DetectorRange = 
     d = detector_range
     pixel = d.width_mm / width
     return Detector(sdd=float(np.mean(d.sdd_mm)), height=height, width=width, delx=pixel, dely=pixel)
+
+
+def extrapolate_pose(
+    T_before: Float[np.ndarray, "4 4"], T_last: Float[np.ndarray, "4 4"], ratio: float, pivot_ct: Float[np.ndarray, "3"]
+) -> Float[np.ndarray, "4 4"]:
+    """Where a pose that moved from ``T_before`` to ``T_last`` is ``ratio`` times that motion
+    later (T_ct_source, mm): the motion, a rotation about ``pivot_ct`` and a shift (the C-arm
+    turns about the patient), scaled and applied once more to ``T_last``. ``ratio`` 0 is
+    ``T_last``; 1 repeats the last motion (a constant velocity, equal frame intervals)."""
+    motion = T_last @ np.linalg.inv(T_before)  # in ct: T_last = motion @ T_before
+    rotation = Rotation.from_matrix(motion[:3, :3])
+    shift = motion[:3, 3] + motion[:3, :3] @ pivot_ct - pivot_ct  # motion(x) = R (x - pivot) + pivot + shift
+    scaled = np.eye(4)
+    scaled[:3, :3] = Rotation.from_rotvec(rotation.as_rotvec() * ratio).as_matrix()
+    scaled[:3, 3] = scaled[:3, :3] @ -pivot_ct + pivot_ct + shift * ratio
+    return scaled @ T_last

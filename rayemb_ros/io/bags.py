@@ -34,6 +34,7 @@ from rayemb_ros.io.images import ImageError, decode_image, encode_image, to_enco
 IMAGE_TOPIC = "/carm/image"
 INFO_TOPIC = "/carm/camera_info"
 POSE_TOPIC = "/carm/pose_gt"
+PRIOR_TOPIC = "/carm/pose_prior"  # a rough pose from outside (the C-arm's readout), for tracking
 SOURCE_FRAME = "carm_source"
 CT_FRAME = "ct"
 
@@ -66,6 +67,7 @@ class Frame:
     T_ct_source_gt: Float[np.ndarray, "4 4"] | None = None  # mm
     encoding: str = "mono16"
     K_missing: str = ""  # reading: why K is None though CameraInfos came before the image
+    T_prior: Float[np.ndarray, "4 4"] | None = None  # mm; writing: a rough pose from outside, on the prior topic
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,16 @@ def _messages(frame: Frame, source_frame: str, ct_frame: str) -> dict[str, objec
             roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
         ),
     }
-    if frame.T_ct_source_gt is not None:
-        position, q = pose_to_ros(frame.T_ct_source_gt)
-        out["pose"] = types[POSE_TYPE](
-            header=_header(frame.stamp_ns, ct_frame),
-            pose=types["geometry_msgs/msg/Pose"](
-                position=types["geometry_msgs/msg/Point"](x=position[0], y=position[1], z=position[2]),
-                orientation=types["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
-            ),
-        )
+    for key, T in (("pose", frame.T_ct_source_gt), ("prior", frame.T_prior)):
+        if T is not None:
+            position, q = pose_to_ros(T)
+            out[key] = types[POSE_TYPE](
+                header=_header(frame.stamp_ns, ct_frame),
+                pose=types["geometry_msgs/msg/Pose"](
+                    position=types["geometry_msgs/msg/Point"](x=position[0], y=position[1], z=position[2]),
+                    orientation=types["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+                ),
+            )
     return out
 
 
@@ -127,14 +130,16 @@ def write_bag(
     image_topic: str = IMAGE_TOPIC,
     info_topic: str = INFO_TOPIC,
     pose_topic: str | None = POSE_TOPIC,
+    prior_topic: str = PRIOR_TOPIC,
     source_frame: str = SOURCE_FRAME,
     ct_frame: str = CT_FRAME,
 ) -> int:
     """Write frames (consumed lazily) to a new rosbag2 directory; returns the frame count.
 
-    Per frame the camera info and pose go first, then the image, all with the frame's stamp
-    as header stamp and log time, so a live replay never shows an image before its K.
-    ``pose_topic=None`` leaves out the ground truth.
+    Per frame the camera info, pose and prior go first, then the image, all with the frame's
+    stamp as header stamp and log time, so a live replay never shows an image before its K.
+    ``pose_topic=None`` leaves out the ground truth; the prior topic is there only when a
+    frame has a prior (``Frame.T_prior``).
     """
     path = Path(path)
     if path.exists():
@@ -151,7 +156,9 @@ def write_bag(
             conns["pose"] = writer.add_connection(pose_topic, POSE_TYPE, typestore=typestore())
         for frame in frames:
             msgs = _messages(frame, source_frame, ct_frame)
-            for key in ("info", "pose", "image"):
+            if "prior" in msgs and "prior" not in conns:
+                conns["prior"] = writer.add_connection(prior_topic, POSE_TYPE, typestore=typestore())
+            for key in ("info", "pose", "prior", "image"):
                 if key in msgs and key in conns:
                     raw = typestore().serialize_cdr(msgs[key], conns[key].msgtype)
                     writer.write(conns[key], frame.stamp_ns, raw)
@@ -191,6 +198,25 @@ def _decode(raw: RawMessage):
     return typestore().deserialize_cdr(raw.data, raw.msgtype)
 
 
+def _pose_mm(msg) -> Float[np.ndarray, "4 4"]:
+    """A geometry_msgs/PoseStamped's pose as a 4x4 matrix in mm."""
+    p, q = msg.pose.position, msg.pose.orientation
+    return pose_from_ros(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+@dataclass(frozen=True)
+class StampedPose:
+    stamp_ns: int
+    frame_id: str
+    T: Float[np.ndarray, "4 4"]  # mm
+
+
+def read_poses(path: str | Path, topic: str) -> list[StampedPose]:
+    """Every geometry_msgs/PoseStamped on ``topic`` (e.g. a pose prior), in bag order."""
+    return [StampedPose(_stamp_ns(msg.header), msg.header.frame_id, _pose_mm(msg))
+            for msg in map(_decode, raw_messages(path, [topic]))]
+
+
 def read_bag(
     path: str | Path,
     *,
@@ -214,8 +240,7 @@ def read_bag(
         if raw.topic == info_topic:
             infos[_stamp_ns(msg.header)] = np.asarray(msg.k, dtype=float).reshape(3, 3)
         else:
-            p, q = msg.pose.position, msg.pose.orientation
-            poses[_stamp_ns(msg.header)] = pose_from_ros(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+            poses[_stamp_ns(msg.header)] = _pose_mm(msg)
     info_stamps = sorted(infos)
     paired = False  # the last image found the CameraInfo with its stamp
     for raw in raw_messages(path, [image_topic]):

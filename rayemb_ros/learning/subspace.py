@@ -98,10 +98,24 @@ def coarse_to_fine_peaks(
     wc = coarse.shape[-1]
     v0 = torch.div(idx, wc, rounding_mode="floor") * stride
     u0 = (idx % wc) * stride
-    # Window corners, kept inside the image so every window is full size.
+    uv, score, _ = window_peaks(basis, embeddings, torch.stack([u0, v0], dim=1), radius)
+    return uv, score
+
+
+def window_peaks(
+    basis: Float[torch.Tensor, "P D T"], embeddings: Float[torch.Tensor, "D H W"], centres: Float[torch.Tensor, "P 2"],
+    radius: int,
+) -> tuple[Float[torch.Tensor, "P 2"], Float[torch.Tensor, "P"], Bool[torch.Tensor, "P"]]:
+    """``subpixel_peaks`` of each landmark's similarity map within a (2 radius + 1)^2 window
+    about its centre (u, v, pixels of ``embeddings``; a window is moved to fit the image), and
+    whether each peak lies inside its window rather than on its rim: a peak on the rim may be
+    the slope of a peak outside the window (or the image), not the landmark."""
+    d, h, w = embeddings.shape
+    centres = centres.round().long()
     size = 2 * radius + 1
-    top = (v0 - radius).clamp(0, max(0, h - size))
-    left = (u0 - radius).clamp(0, max(0, w - size))
+    # Window corners, kept inside the image so every window is full size.
+    top = (centres[:, 1] - radius).clamp(0, max(0, h - size))
+    left = (centres[:, 0] - radius).clamp(0, max(0, w - size))
     offsets = torch.arange(size, device=embeddings.device)
     rows = (top[:, None] + offsets).clamp(max=h - 1)  # P S
     cols = (left[:, None] + offsets).clamp(max=w - 1)
@@ -110,4 +124,5 @@ def coarse_to_fine_peaks(
     coeff = torch.bmm(basis.transpose(1, 2), window)  # P T S*S
     sim = (coeff.pow(2).sum(1) / window.pow(2).sum(1).clamp_min(1e-24)).sqrt()
     uv, score = subpixel_peaks(sim.reshape(len(basis), rows.shape[1], cols.shape[1]))
-    return uv + torch.stack([left, top], dim=1).to(uv.dtype), score
+    inside = ((uv > 0.5) & (uv < size - 1.5)).all(dim=1)
+    return uv + torch.stack([left, top], dim=1).to(uv.dtype), score, inside

@@ -203,6 +203,8 @@ def record_of(index: int, frame: Frame, verdict: _Verdict) -> FrameRecord:
         T_gt=frame.T_ct_source_gt,
         extra={"roundtrip_ms": verdict.roundtrip_ms},
         covariance=convert.covariance_from_ros(verdict.covariance.pose.covariance) if ok else None,
+        mode=values["last_mode"],
+        fallback=values["last_fallback"],
     )
 
 

@@ -224,6 +224,12 @@ def diagnostics_msg(health: Health, name: str, header: Header) -> DiagnosticArra
         # navigation | advisory (see result.PoseGrade): whether a navigation stack may steer by these poses
         "pose_grade": health.pose_grade.name if health.pose_grade else "unknown",
         "pose_grade_reasons": "; ".join(health.pose_grade.reasons) if health.pose_grade else "",
+        # live fluoroscopy (param tracking): how the last frame was registered, from a prior or from scratch
+        "last_mode": health.last_mode,
+        "last_fallback": health.last_fallback,
+        "poses_from_prior": health.poses_from_prior,
+        "priors_received": health.priors_received,  # on ~/pose_prior
+        "priors_ignored": health.priors_ignored,
     }
     status = DiagnosticStatus(
         level=bytes([int(health.level)]),

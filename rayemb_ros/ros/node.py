@@ -77,6 +77,8 @@ class RayEmbNode(Node):
         self.create_subscription(
             CameraInfo, "/carm/camera_info", self._on_camera_info, CAMERA_INFO_QOS, callback_group=frames
         )
+        # A rough pose from outside (the C-arm's angle readout, the robot): it starts tracking.
+        self.create_subscription(PoseStamped, "~/pose_prior", self._on_pose_prior, 10, callback_group=frames)
         self.create_service(
             LoadVolume, "~/load_volume", self._on_load_volume, callback_group=MutuallyExclusiveCallbackGroup()
         )
@@ -139,6 +141,9 @@ class RayEmbNode(Node):
             self.get_logger().warning(f"CameraInfo ignored: {exc}", throttle_duration_sec=5.0)
             return
         self._runner.camera_info(convert.stamp_ns(msg.header), K, msg.height, msg.width)
+
+    def _on_pose_prior(self, msg: PoseStamped) -> None:
+        self._runner.pose_prior(convert.pose_to_matrix(msg.pose), convert.stamp_ns(msg.header), msg.header.frame_id)
 
     def _on_load_volume(self, request: LoadVolume.Request, response: LoadVolume.Response) -> LoadVolume.Response:
         try:

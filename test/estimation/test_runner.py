@@ -43,7 +43,9 @@ class ScriptedEstimator:
 
     def __init__(self):
         self.has_volume = False
+        self.scene = None
         self.pose_grade = PoseGrade(("refinement off",))
+        self.priors = []  # each estimate's prior
         self.release = threading.Event()
         self.release.set()
         self.started: list[int] = []  # image sizes (frame ids) as estimates begin
@@ -65,9 +67,10 @@ class ScriptedEstimator:
         finally:
             self.calls_in_flight -= 1
 
-    def estimate(self, image, K):
+    def estimate(self, image, K, prior=None):
         self._enter()
         self.started.append(int(image[0, 0]))
+        self.priors.append(prior)
         try:
             self.release.wait(5)
             if image[0, 1] < 0:
@@ -276,3 +279,35 @@ def test_failures_are_reported_and_the_worker_goes_on(setup):
     runner.submit(frame(2))
     wait_until(lambda: results, 5, "a result after the failure")
     assert runner.health.level == Level.OK and runner.health.poses_ok == 1
+
+
+def test_frames_are_tracked_and_a_pose_prior_starts_tracking_unless_ignored(setup):
+    """With tracking (the default), each frame gets the last trusted pose as its prior; a pose
+    from outside seeds a frame with no recent trusted pose; one in another frame, or stale
+    beside the frames, is ignored with one line (and counted), not once per message."""
+    runner, estimator, results, events = setup
+    runner.camera_info(0, np.eye(3), 0, 0)
+    runner.load_volume("example")
+    outside = np.eye(4)
+    outside[:3, 3] = [1.0, 2.0, 800.0]
+    runner.pose_prior(outside, 0, "ct")
+    runner.submit(frame(1, stamp_ns=10))
+    wait_until(lambda: len(results) == 1, 5, "a result")
+    assert estimator.priors[0].source == "pose_prior"
+    np.testing.assert_array_equal(estimator.priors[0].T_ct_source, outside)
+    runner.submit(frame(2, stamp_ns=20))
+    wait_until(lambda: len(results) == 2, 5, "a result")
+    assert estimator.priors[1].source == "last pose"
+    assert runner.health.last_mode == "full"  # what the estimator said
+    logged = len([e for e in events if e[1]])
+    runner.pose_prior(outside, 30, "map")
+    assert runner.health.message == "pose_prior ignored: its frame_id 'map' is not 'ct'"
+    runner.pose_prior(outside, 20 - int(2e9), "ct")
+    assert runner.health.message.startswith("pose_prior ignored: stale: 2.0 s older than the newest frame")
+    health = runner.health
+    assert (health.priors_received, health.priors_ignored) == (3, 2)
+    assert len([e for e in events if e[1]]) == logged + 1  # one line
+    runner.load_volume("another")  # a new CT: no prior from the old one
+    runner.submit(frame(3, stamp_ns=30))
+    wait_until(lambda: len(results) == 3, 5, "a result")
+    assert estimator.priors[2] is None

@@ -5,6 +5,7 @@ the evaluation's bookkeeping on records with known errors."""
 import json
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from rayemb_ros.evaluation.metrics import frame_mtre, gfr, target_points
 from rayemb_ros.evaluation.records import FrameRecord
 from rayemb_ros.evaluation.replay import evaluate
 from rayemb_ros.estimation.result import Landmarks
-from replaybags import bag, good_frames, with_constant_frame
+from replaybags import bag, good_frames, orbit_frames, with_constant_frame
 
 CONTRACT_KEYS = {"index", "stamp_ns", "ok", "T_ct_source", "num_landmarks", "num_inliers", "latency_ms"}
 
@@ -90,6 +91,39 @@ def test_mcap_bag_with_ground_truth(tmp_path, frames, example_volume, capsys):
     assert metrics["pose_grade"] == {"grade": "navigation", "reasons": []}
 
     assert figures_of(out / "report.html") == {"frame.png", "heatmaps.png", "poses_3d.png", "errors.png"}
+
+
+@pytest.mark.slow
+def test_tracking_is_compared_with_frame_by_frame_and_started_by_a_prior_from_the_bag(tmp_path, example_volume,
+                                                                                    capsys):
+    frames = orbit_frames(example_volume, 3)
+    rough = frames[0].T_ct_source_gt.copy()
+    rough[:3, 3] += [4.0, -3.0, 5.0]  # the C-arm's readout, a few mm off
+    frames[0] = replace(frames[0], T_prior=rough)
+    out = tmp_path / "out"
+    assert main(["replay", str(bag(tmp_path / "bag", frames)), "--volume", "example", "--out", str(out),
+                 "--device", "cpu", "--tracking", "--prior-topic", "/carm/pose_prior"]) == 0
+    printed = capsys.readouterr().out
+    assert "tracking: 3 of 3 frames from the prior" in printed and "frame by frame, same frames" in printed, printed
+    tracked = read_jsonl(out / "estimates.jsonl")
+    scratch = read_jsonl(out / "estimates_frame_by_frame.jsonl")
+    assert [r["mode"] for r in tracked] == ["prior"] * 3 and [r["mode"] for r in scratch] == ["full"] * 3
+    points = target_points(example_volume)
+    for rows in (tracked, scratch):
+        assert all(r["ok"] for r in rows), [r.get("reason") for r in rows]
+        errors = [frame_mtre(np.array(r["T_ct_source"]), f.T_ct_source_gt, points) for r, f in zip(rows, frames)]
+        assert max(errors) < 5.0, errors
+    comparison = json.loads((out / "metrics.json").read_text())["tracking"]
+    assert (comparison["frames_prior"], comparison["frames_fallback"], comparison["prior_published_over_10_mm"]) == (3, 0, 0)
+    assert comparison["frame_by_frame"]["frames_ok"] == 3 and comparison["latency_prior_ms"]["frames"] == 3
+
+
+def test_a_prior_topic_needs_tracking_in_process(tmp_path, frames, capsys):
+    path = bag(tmp_path / "bag", [replace(f, T_prior=f.T_ct_source_gt) for f in frames[:2]])
+    args = ["replay", str(path), "--volume", "example", "--out", str(tmp_path / "out"), "--prior-topic", "/carm/pose_prior"]
+    assert main(args) == 2 and "--prior-topic needs --tracking" in capsys.readouterr().err
+    assert main(args[:-1] + ["/carm/nothing", "--tracking"]) == 2
+    assert "no geometry_msgs/msg/PoseStamped on /carm/nothing" in capsys.readouterr().err
 
 
 @pytest.mark.slow

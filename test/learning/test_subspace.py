@@ -14,6 +14,7 @@ from rayemb_ros.learning.subspace import (
     soft_target,
     subpixel_peaks,
     subspace_basis,
+    window_peaks,
 )
 
 
@@ -100,3 +101,17 @@ def test_coarse_maps_in_chunks_of_landmarks_find_the_same_peaks(monkeypatch):
     monkeypatch.setattr(subspace, "COARSE_CHUNK_FLOATS", 2 * 3 * 20 * 24)
     chunked_uv, chunked_score = coarse_to_fine_peaks(basis, emb)
     assert torch.equal(chunked_uv, uv) and torch.equal(chunked_score, score)
+
+
+def test_a_window_about_a_prediction_finds_the_peak_or_says_it_is_not_inside():
+    basis, emb = planted_peaks()
+    spots = torch.tensor([(7, 5), (40, 30), (47, 0), (0, 39), (21, 20)], dtype=torch.float32)  # u, v
+    full_uv, _ = subpixel_peaks(similarity(basis[None], emb[None])[0])
+    # predictions 2 px off: every planted peak inside its window (the image's edge ones excepted)
+    uv, score, inside = window_peaks(basis, emb, spots + torch.tensor([2.0, -2.0]), radius=4)
+    # (47, 0) and (0, 39) lie on the image's edge, the rim of any window that holds them
+    assert inside.tolist() == [True, True, False, False, True]
+    assert torch.allclose(uv[inside], full_uv[inside], atol=1e-5) and (score[inside] > 0.99).all()
+    # predictions 4 px off, a radius of 4: the window holds the peak's top on its rim, a slope
+    _, _, inside = window_peaks(basis, emb, spots + torch.tensor([4.0, 0.0]), radius=4)
+    assert not inside[[0, 4]].any()

@@ -18,6 +18,9 @@ import psutil
 import pytest
 import yaml
 from rclpy.qos import ReliabilityPolicy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -25,8 +28,9 @@ from unsupported_encodings import UNSUPPORTED
 from rayemb_ros.evaluation.metrics import frame_mtre, target_points
 from rayemb_ros.geometry.camera import resize_image
 from rayemb_ros.io.images import to_encoding_range
-from rayemb_ros.ros.convert import array_to_image, frames_handled, transform_to_matrix
+from rayemb_ros.ros.convert import array_to_image, frames_handled, matrix_to_pose, transform_to_matrix
 from rayemb_ros.srv import LoadVolume
+from rayemb_ros.ros.graph import wait_until
 from rosutil import REPO, Camera, NodeUnderTest, stamp_ns
 
 LOAD_TIMEOUT_S = 300.0
@@ -197,6 +201,33 @@ def test_frames_one_at_a_time_get_poses_near_the_truth(ros, frames, example_volu
         errors.append(frame_mtre(None if tf is None else transform_to_matrix(tf.transform), T_gt, points))
     camera.close()
     assert sum(e <= POSE_TOLERANCE_MM for e in errors) >= 2, errors  # a refused frame counts as inf
+
+
+def test_a_pose_prior_is_taken_in_ct_and_ignored_in_another_frame(ros, frames):
+    """~/pose_prior over DDS: a pose in another frame is ignored with a diagnostics line; one
+    in ``ct`` is taken, and the next frame says how it was registered (``last_mode``)."""
+    image, K, T_gt = frames[0]
+    prior = ros.graph.publisher(PoseStamped, "/rayemb_node/pose_prior", QoSProfile(depth=10))
+    wait_until(lambda: prior.get_subscription_count(), 30, "the node to subscribe to ~/pose_prior")
+    before = ros.latest()
+
+    def publish(frame_id: str) -> None:
+        stamp = time.time_ns()
+        header = Header(stamp=Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=frame_id)
+        prior.publish(PoseStamped(header=header, pose=matrix_to_pose(T_gt)))
+
+    publish("map")
+    ignored = ros.values(lambda v: int(v["priors_ignored"]) > int(before["priors_ignored"]), RESULT_TIMEOUT_S,
+                         "the prior in another frame ignored")
+    assert ignored["message"] == "pose_prior ignored: its frame_id 'map' is not 'ct'"
+    publish("ct")
+    taken = ros.values(lambda v: int(v["priors_received"]) > int(ignored["priors_received"]), RESULT_TIMEOUT_S,
+                       "the prior in ct received")
+    assert taken["priors_ignored"] == ignored["priors_ignored"]
+    camera = Camera(ros.graph)
+    _, verdict, _ = send(ros, camera, image, K)
+    camera.close()
+    assert verdict["last_mode"] in ("prior", "full") and (verdict["last_mode"] == "prior" or verdict["last_fallback"])
 
 
 def test_flood_reliable_then_best_effort(ros, frames):
