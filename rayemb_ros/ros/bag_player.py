@@ -98,7 +98,7 @@ class NodeSession:
     def _failed(self, exc: GraphError) -> ReplayError:
         return ReplayError(f"rayemb node: {exc}; its log ends:\n{self.node.log_tail()}")
 
-    def _wait(self, predicate, timeout_s: float, what: str) -> Any:
+    def wait(self, predicate, timeout_s: float, what: str) -> Any:
         """The first truthy ``predicate()``; ReplayError on timeout or when the node died."""
         try:
             return wait_until(predicate, timeout_s, what, abort=self.node.exited)
@@ -113,7 +113,7 @@ class NodeSession:
             raise self._failed(exc) from exc
         if not response.success:
             raise ReplayError(f"rayemb node did not load {path!r}: {response.message}")
-        self._wait(lambda: self.image_pub.get_subscription_count() and self.info_pub.get_subscription_count(),
+        self.wait(lambda: self.image_pub.get_subscription_count() and self.info_pub.get_subscription_count(),
                    START_TIMEOUT_S, "subscription to the image and camera_info topics")
         return response
 
@@ -121,7 +121,7 @@ class NodeSession:
         """The newest status of the node's diagnostics (waits for one)."""
         def newest():
             return next((v for m in reversed(self.diagnostics.snapshot()) if (v := _values(m))), None)
-        return self._wait(newest, START_TIMEOUT_S, "diagnostics")
+        return self.wait(newest, START_TIMEOUT_S, "diagnostics")
 
     def verdict(self, image_raw: bytes, stamp_ns: int, infos_raw: list[bytes]) -> _Verdict:
         """Publish one image after the CameraInfos stored before it, and wait until the node
@@ -156,20 +156,20 @@ class NodeSession:
                 resends += 1
             return None
 
-        values = self._wait(counted, FRAME_TIMEOUT_S, f"verdict on the image stamped {stamp_ns}")
+        values = self.wait(counted, FRAME_TIMEOUT_S, f"verdict on the image stamped {stamp_ns}")
         if int(values["frames_estimated"]) == int(before["frames_estimated"]):
             return _Verdict(values, None, None, (time.time_ns() - sent_ns) / 1e6)
-        at_ns, landmarks = self._wait(
+        at_ns, landmarks = self.wait(
             lambda: next(((t, m) for t, m in self.landmarks.entries(seen_landmarks)
                           if convert.stamp_ns(m.header) == stamp_ns), None),
             OUTPUT_TIMEOUT_S, f"landmarks of the image stamped {stamp_ns}")
         tf = covariance = None
         if int(values["poses_ok"]) > int(before["poses_ok"]):
-            tf = self._wait(lambda: next((t for m in reversed(self.tf.snapshot()) for t in m.transforms
+            tf = self.wait(lambda: next((t for m in reversed(self.tf.snapshot()) for t in m.transforms
                                           if convert.stamp_ns(t.header) == stamp_ns
                                           and t.child_frame_id == self.params.source_frame), None),
                             OUTPUT_TIMEOUT_S, f"TF of the image stamped {stamp_ns}")
-            covariance = self._wait(lambda: next((m for m in reversed(self.covariances.snapshot())
+            covariance = self.wait(lambda: next((m for m in reversed(self.covariances.snapshot())
                                                   if convert.stamp_ns(m.header) == stamp_ns), None),
                                     OUTPUT_TIMEOUT_S, f"pose with covariance of the image stamped {stamp_ns}")
         return _Verdict(values, landmarks, tf, (at_ns - sent_ns) / 1e6, covariance)
@@ -208,7 +208,7 @@ def record_of(index: int, frame: Frame, verdict: _Verdict) -> FrameRecord:
     )
 
 
-def _volume_request(volume_spec: str) -> tuple[str, str]:
+def volume_request(volume_spec: str) -> tuple[str, str]:
     """(path to request, volume_root that allows it): the folder holding the CT (and, for a
     prepared bundle, the bundle too)."""
     if volume_spec == "example":
@@ -223,7 +223,7 @@ def play_through_node(bag: Path, volume_spec: str, params: Params, topics: Topic
     """Register every image of the bag through a fresh `rayemb node` process."""
     from tqdm import tqdm
 
-    path, root = _volume_request(volume_spec)
+    path, root = volume_request(volume_spec)
     session = NodeSession(params, root, log_path)
     records: list[FrameRecord] = []
     try:
