@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-patients", type=int, nargs="*", default=list(d.new_patients), metavar="SEED",
                         help="anatomy seeds of the new-patient sets")
     parser.add_argument("--no-region", action="store_true", help="leave out the held-out-region set")
+    parser.add_argument("--no-sequence", action="store_true",
+                        help="leave out the orbit sequence (tracked against frame by frame)")
     parser.add_argument("--no-operating-room", action="store_true",
                         help="leave out the training CT's cluttered and distorted sets")
     parser.add_argument("--volume", default=d.volume,
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchmarkConfig(
         out=args.out, volume=args.volume, frames=args.frames, width=args.width, seed=args.seed,
         new_patients=tuple(args.new_patients), region=not args.no_region, operating_room=not args.no_operating_room,
+        sequence=not args.no_sequence,
         intensity_steps=args.intensity_steps, params=Params(device=args.device, refine_steps=args.refine_steps),
         dataset=dataset, progress=not args.no_progress,
     )

@@ -53,6 +53,7 @@ from jaxtyping import Float
 from scipy.spatial.transform import Rotation
 
 from rayemb_ros.errors import InputError
+from rayemb_ros.estimation.tracking import Tracker
 from rayemb_ros.geometry.camera import invert_pose, world_to_camera
 from rayemb_ros.learning.checkpoint import FIXED_LANDMARK_CHECKPOINT
 from rayemb_ros.evaluation.metrics import TARGET_DEFINITION, accuracy_summary, frame_mtre, latency_summary, target_points
@@ -62,7 +63,11 @@ from rayemb_ros.imaging.simulate import OperatingRoom
 from rayemb_ros.io.cache import cached_arrays
 from rayemb_ros.geometry.volume import Volume, load_volume
 
-METHODS = ("intensity", "fixed_landmark", "rayemb", "rayemb_refined")
+METHODS = ("intensity", "fixed_landmark", "rayemb", "rayemb_refined", "rayemb_tracked")
+# The sequence set: the training CT seen by a C-arm orbiting at this frame rate, registered
+# frame by frame (every other method) and tracked (``rayemb_tracked``: refined, each frame's
+# prior the last trusted pose; estimation.tracking) on the same frames.
+SEQUENCE_FPS = 15.0
 # What the operating-room sets add to the training CT's frames (docs/operating_room.md).
 CLUTTERED = OperatingRoom(instruments=3, low_dose=True, display="vendor")
 DISTORTION = "strong"
@@ -106,6 +111,7 @@ class TestSet:
     landmarks_ct: Float[np.ndarray, "14 3"] | None  # the fixed landmarks in this CT; None: unknown
     seed: int = 0  # of the frames, and of the intensity baseline's starts
     unseen: bool = False  # an anatomy the encoder never saw (a headline set)
+    fps: float | None = None  # frames of one moving C-arm at this rate; None: independent views
 
 
 @dataclass
@@ -118,6 +124,7 @@ class BenchmarkConfig:
     new_patients: tuple[int, ...] = (5001, 5002)  # anatomy seeds of the new patients (none drawn in training)
     region: bool = True  # the held-out region set
     operating_room: bool = True  # the training CT's frames cluttered and distorted (paired with its set)
+    sequence: bool = True  # an orbit at SEQUENCE_FPS, tracked against frame by frame
     intensity_steps: int = 100  # the paper's DiffDRR registration runs 100 steps
     params: Params = field(default_factory=Params)
     initial: InitialError = field(default_factory=InitialError)
@@ -129,14 +136,15 @@ class BenchmarkConfig:
 # ------------------------------------------------------------------------------- test sets
 def simulated_frames(
     volume: Volume, frames: int, seed: int, width: int, center: Float[np.ndarray, "3"] | None = None,
-    room: OperatingRoom = OperatingRoom(),
+    room: OperatingRoom = OperatingRoom(), trajectory: str = "none",
 ) -> tuple[list[np.ndarray], Float[np.ndarray, "N 3 3"], Float[np.ndarray, "N 4 4"]]:
     """Realistic diffdrr test frames of a CT, aimed at its centre or ``center``, with what of
-    the operating room ``room`` adds (rendered once, then from the cache)."""
+    the operating room ``room`` adds: independent views, or a ``trajectory`` at SEQUENCE_FPS
+    (rendered once, then from the cache)."""
     from rayemb_ros.imaging.simulate import plan, simulate_frames
 
     def render() -> dict[str, np.ndarray]:
-        shots = plan(volume, frames, seed, width, width, center)
+        shots = plan(volume, frames, seed, width, width, center, trajectory, SEQUENCE_FPS)
         images = np.stack([f.image for f in simulate_frames(volume, shots, seed, renderer="diffdrr", operating_room=room)])
         return {"images": images, "K": np.stack([s.detector.K for s in shots]),
                 "T_gt": np.stack([s.T_ct_source for s in shots])}
@@ -146,6 +154,8 @@ def simulated_frames(
         key["center"] = np.round(center, 3).tolist()
     if room != OperatingRoom():
         key["operating_room"] = asdict(room)
+    if trajectory != "none":
+        key |= {"trajectory": trajectory, "fps": SEQUENCE_FPS}
     z = cached_arrays("benchmark", key, render)
     return list(z["images"]), z["K"], z["T_gt"]
 
@@ -194,6 +204,12 @@ def simulated_sets(config: BenchmarkConfig, landmarks_ct: Float[np.ndarray, "14 
                   K, T_gt, landmarks_ct, config.seed)
     if config.operating_room:
         yield from operating_room_sets(config, volume, what, landmarks_ct)
+    if config.sequence:
+        seed = config.seed + 7000
+        images, K, T_gt = simulated_frames(volume, config.frames, seed, config.width, trajectory="orbit")
+        yield TestSet("example_orbit", f"{what}, one C-arm orbiting at {SEQUENCE_FPS:g} fps (rayemb_tracked: each "
+                      f"frame from the last trusted pose), seed {seed}", volume, images, K, T_gt, landmarks_ct, seed,
+                      fps=SEQUENCE_FPS)
 
 
 def operating_room_sets(config: BenchmarkConfig, volume: Volume, what: str,
@@ -249,6 +265,7 @@ class Outcome:
     T: Float[np.ndarray, "4 4"] | None  # None: no pose (refused)
     latency_ms: float
     reason: str = ""  # why there is no pose
+    mode: str = ""  # RayEmb's: registered from a prior or from scratch (estimation.tracking)
 
 
 Method = Callable[[int], Outcome]  # frame index -> outcome, for the current set
@@ -293,11 +310,21 @@ class Methods:
 
             return run
 
+        def tracked() -> Method:  # frames in order (evaluate's loop), stamped at the set's rate
+            tracker = Tracker(self.rayemb_refined)
+
+            def run(i: int) -> Outcome:
+                e = tracker.estimate(test.images[i], test.K[i], round(i * 1e9 / test.fps))
+                return Outcome(e.T_ct_source if e.ok else None, e.latency_ms, e.reason, e.mode)
+
+            return run
+
         methods: dict[str, Method | str] = {
             "intensity": intensity,
             "fixed_landmark": "the fixed-landmark network knows only the bundled CT's 14 landmarks",
             "rayemb": estimated(self.rayemb),
             "rayemb_refined": estimated(self.rayemb_refined),
+            "rayemb_tracked": tracked() if test.fps else "the set's frames are independent views, not a sequence",
         }
         if test.landmarks_ct is not None:
             methods["fixed_landmark"] = estimated(self.fixed, points_ct=test.landmarks_ct)
@@ -330,6 +357,7 @@ def evaluate(methods: Methods, test: TestSet, config: BenchmarkConfig, set_seed:
             "per_frame_mtre_mm": mtre,
             "per_frame_latency_ms": [o.latency_ms for o in runs],
             "per_frame_refusal": [o.reason for o in runs],
+            **({"frames_from_prior": sum(o.mode == "prior" for o in runs)} if name == "rayemb_tracked" else {}),
         }
 
     return {

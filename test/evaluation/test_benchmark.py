@@ -31,16 +31,22 @@ def test_small_benchmark_writes_every_method_and_reaches_its_accuracy(coarse_ct,
     report = _strict((tmp_path / "out" / "benchmark.json").read_text())
     assert report["device"] == "cpu" and report["frames"] == 3 and report["method_names"] == list(METHODS)
     assert list(report["sets"]) == ["new_patient_5001", "example_mirrored", "example", "example_cluttered",
-                                    "example_distorted", "example_distorted_no_model"]
+                                    "example_distorted", "example_distorted_no_model", "example_orbit"]
     assert report["headline_sets"] == ["new_patient_5001", "example_mirrored"]
     for name, s in report["methods"].items():  # the headline pools the unseen sets' frames (null: no pose)
+        if name == "rayemb_tracked":  # the unseen sets are independent views
+            assert not s["available"]
+            continue
         frames = [math.inf if m is None else m
                   for n in report["headline_sets"] for m in report["sets"][n]["methods"][name]["per_frame_mtre_mm"]]
         p50 = percentile(frames, 50)
         assert s["frames"] == 6 and s["mtre_mm"]["p50"] == (None if math.isinf(p50) else p50)
-    for result in report["sets"].values():
+    for set_name, result in report["sets"].items():
         assert list(result["methods"]) == list(METHODS)
         for name, s in result["methods"].items():
+            if name == "rayemb_tracked" and set_name != "example_orbit":
+                assert not s["available"] and "independent views" in s["reason"]
+                continue
             assert s["available"], name
             assert set(s["mtre_mm"]) == {"p25", "p50", "p95"} and set(s["gfr_percent"]) == {"10", "5"}
             assert {"p50", "p95"} <= set(s["latency_ms"]) and s["latency_ms"]["p50"] > 0
@@ -56,6 +62,11 @@ def test_small_benchmark_writes_every_method_and_reaches_its_accuracy(coarse_ct,
     # landmarks and PnP alone, renders no DRR and cannot see a distortion)
     errors = report["sets"]["example_distorted_no_model"]["methods"]["rayemb_refined"]["per_frame_mtre_mm"]
     assert all(m is None or m <= 10.0 for m in errors), errors
+    # the orbit, tracked: every frame after the first from its prior, as right as frame by frame
+    orbit = report["sets"]["example_orbit"]["methods"]
+    tracked = orbit["rayemb_tracked"]
+    assert tracked["frames_from_prior"] == 2 and tracked["ok_fraction"] == 1.0, tracked["per_frame_refusal"]
+    assert max(tracked["per_frame_mtre_mm"]) <= 5.0 and orbit["rayemb_refined"]["ok_fraction"] == 1.0
     mirrored = report["sets"]["example_mirrored"]["methods"]
     for name in ("rayemb", "rayemb_refined"):  # refused, never posed wrongly
         assert mirrored[name]["ok_fraction"] == 0.0, mirrored[name]["per_frame_refusal"]
