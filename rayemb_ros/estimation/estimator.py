@@ -226,7 +226,8 @@ class Estimator:
                 if prior is not None:
                     reason = f"{prior.source} as prior: {reason}"
                 return Estimate.refused(reason, landmarks, T_initial=pnp.T_ct_source, latency_ms=stage["total"], **common)
-            calibration = covariance_calibration(self.params, prior=prior is not None)
+            # a pose refined from a prior has its own calibration; one refined from scratch, the usual
+            calibration = covariance_calibration(self.params, prior=prior is not None and prior.warm_start)
             covariance = pose_covariance(K, T, landmarks, pnp.reprojection_error_px, scene.volume.center, calibration)
             return Estimate(True, "", T, pnp.T_ct_source, landmarks, latency_ms=stage["total"], covariance=covariance,
                             **common)

@@ -208,6 +208,7 @@ class Runner:
         self._tracker = Tracker(estimator) if params.tracking else None
         self._outside: Prior | None = None  # a pose from outside, for the worker to hand to the tracker
         self._newest_stamp_ns: int | None = None  # of the frames received
+        self._last_ignored = ""  # why the last pose from outside was ignored (logged when it changes)
         self._health = Health(pose_grade=estimator.pose_grade)
         self._thread = threading.Thread(target=self._work, name="rayemb-worker", daemon=True)
         self._thread.start()
@@ -267,8 +268,10 @@ class Runner:
                 self._outside = Prior.outside(np.asarray(T_ct_source, dtype=np.float64), stamp_ns)
                 return
             self._count(priors_ignored=1)
-            # One line per run of ignored priors, not one per message: the count is on /diagnostics.
-            self._event(Level.WARN, f"pose_prior ignored: {why}", log=self._health.priors_ignored == 1)
+            # A line when the reason changes, not one per message: the count is on /diagnostics.
+            message = f"pose_prior ignored: {why.split(':')[0]}"
+            self._event(Level.WARN, f"pose_prior ignored: {why}", log=message != self._last_ignored)
+            self._last_ignored = message
 
     def reject(self, reason: str) -> None:
         """Report a received frame that cannot be used."""

@@ -284,7 +284,7 @@ def test_failures_are_reported_and_the_worker_goes_on(setup):
 def test_frames_are_tracked_and_a_pose_prior_starts_tracking_unless_ignored(setup):
     """With tracking (the default), each frame gets the last trusted pose as its prior; a pose
     from outside seeds a frame with no recent trusted pose; one in another frame, or stale
-    beside the frames, is ignored with one line (and counted), not once per message."""
+    beside the frames, is ignored with a line per reason (and counted), not one per message."""
     runner, estimator, results, events = setup
     runner.camera_info(0, np.eye(3), 0, 0)
     runner.load_volume("example")
@@ -300,13 +300,14 @@ def test_frames_are_tracked_and_a_pose_prior_starts_tracking_unless_ignored(setu
     assert estimator.priors[1].source == "last pose"
     assert runner.health.last_mode == "full"  # what the estimator said
     logged = len([e for e in events if e[1]])
-    runner.pose_prior(outside, 30, "map")
+    for _ in range(3):
+        runner.pose_prior(outside, 30, "map")
     assert runner.health.message == "pose_prior ignored: its frame_id 'map' is not 'ct'"
     runner.pose_prior(outside, 20 - int(2e9), "ct")
     assert runner.health.message.startswith("pose_prior ignored: stale: 2.0 s older than the newest frame")
     health = runner.health
-    assert (health.priors_received, health.priors_ignored) == (3, 2)
-    assert len([e for e in events if e[1]]) == logged + 1  # one line
+    assert (health.priors_received, health.priors_ignored) == (5, 4)
+    assert len([e for e in events if e[1]]) == logged + 2  # a line per reason, not per message
     runner.load_volume("another")  # a new CT: no prior from the old one
     runner.submit(frame(3, stamp_ns=30))
     wait_until(lambda: len(results) == 3, 5, "a result")
