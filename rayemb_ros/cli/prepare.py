@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from rayemb_ros.cli.arguments import non_negative_int, output_path, positive_int
+from rayemb_ros.errors import InputError
 from rayemb_ros.params import DEVICES
 
 
@@ -17,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="", help="patient-agnostic encoder weights ('' = the shipped ones)")
     parser.add_argument("--finetune-steps", type=non_negative_int, default=0, metavar="N",
                         help="fine-tune the weights on this CT for N steps first (0 = no fine-tune)")
+    parser.add_argument("--adapt-head-steps", type=non_negative_int, default=0, metavar="N",
+                        help="instead of a fine-tune: adapt only the encoder's last layer to this CT, N steps on "
+                             "features computed once (minutes on a CPU; docs/prepare.md says what it gives)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to fine-tune and register")
     parser.add_argument("--frames", type=positive_int, default=24, help="simulated frames of the self-check")
     parser.add_argument("--size", type=positive_int, default=256, help="self-check frame width = height (px)")
@@ -26,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rayemb_ros.evaluation.prepare import PrepareConfig, prepare
 
+    if args.finetune_steps and args.adapt_head_steps:
+        raise InputError("--finetune-steps and --adapt-head-steps: one or the other")
     config = PrepareConfig(args.volume, args.out, args.checkpoint, args.finetune_steps, args.device,
-                           args.frames, args.size)
+                           args.frames, args.size, args.adapt_head_steps)
     record = prepare(config, log=lambda line: print(f"prepare: {line}", file=sys.stderr))
     c = record.self_check
     median = "no pose" if c.median_mm is None else f"{c.median_mm:.2f} mm"

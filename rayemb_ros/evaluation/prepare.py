@@ -46,6 +46,8 @@ class PrepareConfig:
     device: str = "auto"
     frames: int = 24  # self-check frames
     size: int = 256  # self-check frame width = height (px)
+    adapt_head_steps: int = 0  # instead: only the encoder's last layer, on features computed once (learning.head_tune)
+    adapt_head_batches: int = 12  # ... from this many pair batches (8 queries, 8 templates each), rendered once
 
 
 def _source_weights(config: PrepareConfig) -> Path:
@@ -57,6 +59,8 @@ def _weights(config: PrepareConfig, log: Callable[[str], None]) -> Path:
     """BUNDLE/weights.pt: the checkpoint as it is, or fine-tuned on this CT."""
     source = _source_weights(config)
     target = config.out / WEIGHTS
+    if config.adapt_head_steps:
+        return _adapted_head(config, source, target, log)
     if config.finetune_steps == 0:
         shutil.copyfile(source, target)
         return target
@@ -72,6 +76,25 @@ def _weights(config: PrepareConfig, log: Callable[[str], None]) -> Path:
     log(f"fine-tune: {config.finetune_steps} steps on {config.volume}, about {_estimate_minutes(tune):.0f} min "
         f"on {tune.device if tune.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')}")
     train(tune, target, progress=True)
+    return target
+
+
+def _adapted_head(config: PrepareConfig, source: Path, target: Path, log: Callable[[str], None]) -> Path:
+    """BUNDLE/weights.pt: the checkpoint with its last layer adapted to this CT."""
+    from rayemb_ros.learning.checkpoint import save_weights
+    from rayemb_ros.learning.config import TrainConfig
+    from rayemb_ros.learning.device import pick_device
+    from rayemb_ros.learning.head_tune import tune_head
+
+    device = pick_device(config.device)
+    encoder, meta = load_encoder(source, device)
+    tune = TrainConfig(volumes=(config.volume,), templates=8, points=64, tau=0.02, lr=3e-3, device=str(device))
+    log(f"adapting the encoder's last layer to {config.volume}: {config.adapt_head_batches} batches rendered once, "
+        f"{config.adapt_head_steps} steps")
+    result = tune_head(encoder, load_volume(config.volume), tune, config.adapt_head_batches, config.adapt_head_steps,
+                       val_batches=1)
+    log(f"validation peak error {result['val_px_before']:.2f} px -> {result['val_px_after']:.2f} px")
+    save_weights(target, encoder.cpu(), {"adapted_head": result, "from": str(source), "source_meta": meta})
     return target
 
 
@@ -138,7 +161,9 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> Record
     scene = estimator.prepare(volume, ct_path)
     save_scene(config.out, scene.landmarks, scene.basis.cpu().numpy())
     record = Record(ct_path=ct_path, ct_digest=digest, weights_digest=weights_digest(estimator.encoder),
-                    weights_from=config.checkpoint or "the shipped checkpoint", finetune_steps=config.finetune_steps,
+                    weights_from=(config.checkpoint or "the shipped checkpoint")
+                    + (f", last layer adapted to this CT ({config.adapt_head_steps} steps)" if config.adapt_head_steps else ""),
+                    finetune_steps=config.finetune_steps,
                     settings=scene_settings(params), software=__version__)
     write_record(config.out, record)  # the self-check loads the bundle as the node will
     record = replace(record, self_check=self_check(config.out, volume, params, config, log))

@@ -18,8 +18,12 @@ from rayemb_ros.learning.subspace import sample_embeddings, similarity, soft_tar
 
 def batch_similarity(encoder: Encoder, batch: Batch, templates_per_query: int) -> torch.Tensor:
     """sim(P, x) of every query pixel for every point: B x P x H x W."""
+    return similarity_of(encoder(torch.cat([batch.queries, batch.templates])), batch, templates_per_query)
+
+
+def similarity_of(emb: Float[torch.Tensor, "N D H W"], batch: Batch, templates_per_query: int) -> torch.Tensor:
+    """``batch_similarity`` from the embeddings of the batch's queries, then its templates."""
     b = batch.queries.shape[0]
-    emb = encoder(torch.cat([batch.queries, batch.templates]))
     emb_q, emb_t = emb[:b], emb[b:]
     f = sample_embeddings(emb_t, batch.uv_templates)  # (B T) P D
     f = f.reshape(b, templates_per_query, *f.shape[1:]).transpose(1, 2)  # B P T D

@@ -101,3 +101,23 @@ def test_a_fine_tune_says_its_time_first_and_its_weights_are_the_bundles(coarse_
     shipped = load_encoder(DEFAULT_CHECKPOINT)[0]
     tuned = load_encoder(tmp_path / "tuned" / WEIGHTS)[0]
     assert record.finetune_steps == 1 and record.weights_digest == weights_digest(tuned) != weights_digest(shipped)
+
+
+def test_an_adapted_head_is_the_bundles_and_only_it_differs(coarse_ct, tmp_path):
+    said = []
+    record = prepare(PrepareConfig(str(coarse_ct), tmp_path / "adapted", device="cpu", frames=2, size=64,
+                                   adapt_head_steps=2, adapt_head_batches=1), log=said.append)
+    assert said[0].startswith("adapting the encoder's last layer") and "px ->" in said[1]
+    shipped = load_encoder(DEFAULT_CHECKPOINT)[0].state_dict()
+    adapted = load_encoder(tmp_path / "adapted" / WEIGHTS)[0]
+    assert record.weights_digest == weights_digest(adapted) and "last layer adapted" in record.weights_from
+    changed = {k for k, v in adapted.state_dict().items() if not torch.equal(v, shipped[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+
+
+def test_a_fine_tune_and_a_head_adaptation_are_one_or_the_other(tmp_path, capsys):
+    from rayemb_ros.cli import main
+
+    assert main(["prepare", "--volume", "example", "--out", str(tmp_path / "b"), "--finetune-steps", "1",
+                 "--adapt-head-steps", "1"]) == 2
+    assert "one or the other" in capsys.readouterr().err
