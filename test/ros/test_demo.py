@@ -1,5 +1,6 @@
 """`rayemb demo` end to end on a small bag (3 frames, 128 px): simulate, the node over DDS,
-report, summary, with the accuracy the node reaches; a second run reuses the bag."""
+report, summary, with the accuracy the node reaches, then a short orbit streamed to a fresh
+node at 15 fps; a second run reuses the bag."""
 
 import json
 
@@ -13,10 +14,17 @@ from rayemb_ros.ros.demo import ensure_bag
 @pytest.mark.slow
 def test_demo_runs_the_main_job_and_caches_its_bag(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--frames", "3", "--size", "128", "--device", "cpu"]) == 0
+    assert main(["demo", "--out", str(out), "--frames", "3", "--size", "128", "--device", "cpu",
+                 "--stream-frames", "6"]) == 0
     printed = capsys.readouterr().out
-    for words in ("registered by `rayemb node` over DDS", "frames: 3", "median", "95th", "GFR@10", "latency"):
+    for words in ("registered by `rayemb node` over DDS", "frames: 3", "median", "95th", "GFR@10", "latency",
+                  "streamed 6 frames at 15.0 fps", "end to end"):
         assert words in printed, printed
+    stream = json.loads((out / "stream" / "stream.json").read_text())
+    # at the frame rate, the node poses the first frame at least (it finds the node idle), and
+    # every frame is posed, dropped as stale, refused or lost: none published > 10 mm off
+    assert stream["frames_posed"] >= 1 and stream["published_over_10_mm"] == 0, stream
+    assert stream["frames_posed"] + stream["dropped_stale"] + stream["refused"] + stream["rejected"] + stream["lost"] == 6
     assert (out / "report.html").is_file() and (out / "metrics.json").is_file() and (out / "node.log").is_file()
     assert len((out / "estimates.jsonl").read_text().splitlines()) == 3
     assert json.loads((out / "bag.json").read_text())["frames"] == 3
