@@ -50,7 +50,8 @@ class Stream:
             f"streamed {m['frames_sent']} frames at {m['fps']:.1f} fps to `rayemb node` "
             f"(tracking {'on' if m['tracking'] else 'off'}, refinement {'on' if m['refine'] else 'off'}): "
             f"{m['frames_posed']} posed ({m['posed_percent']:.0f} %), {m['dropped_stale']} dropped as stale "
-            f"(the node keeps the newest frame), {m['refused']} refused, {m['lost']} lost on the way",
+            f"(the node keeps the newest frame), {m['refused']} refused, {m['lost']} never reached it (replaced in the "
+            f"middleware's one-frame queue, or lost)",
             f"posed frames: median mTRE {mm(m['mtre_posed_mm']['p50'])}, 95th {mm(m['mtre_posed_mm']['p95'])}, "
             f"{m['published_over_10_mm']} published > 10 mm off",
             f"end to end (image published -> its TF received): p50 {ms(m['latency_end_to_end_ms']['p50'])}, "
