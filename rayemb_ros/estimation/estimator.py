@@ -164,14 +164,12 @@ class Estimator:
         with torch.no_grad():
             emb = self.embed(image, K)[0]
         encoder_ms = (time.perf_counter() - started) * 1000
-        fallback = ""
+        stage, fallback = {"encoder": encoder_ms}, ""
         if prior is not None:
-            attempt = self._register(image, K, scene, emb, {"encoder": encoder_ms}, started, prior)
+            attempt = self._register(image, K, scene, emb, dict(stage), started, prior)
             if attempt.ok:
                 return attempt
             fallback = attempt.reason
-        stage = {"encoder": encoder_ms}
-        if prior is not None:
             stage["prior"] = (time.perf_counter() - started) * 1000 - encoder_ms
         estimate = self._register(image, K, scene, emb, stage, started)
         estimate.fallback = fallback
@@ -208,7 +206,8 @@ class Estimator:
             found = found.cpu().numpy()
         t = tick("similarity", t)
         uv = rescale_pixels(uv_small, work, (h, w))  # back to input pixels
-        best = [i for i in np.argsort(-scores) if found[i]][: self.params.num_keep]
+        order = np.argsort(-scores)
+        best = order[found[order]][: self.params.num_keep]
         points, uv, scores = scene.landmarks[best], uv[best], scores[best]
 
         pnp = solve_pnp(points, uv, K, self.params.ransac_threshold_px / scale)

@@ -10,7 +10,8 @@ a gap in time) falls back to the full path by itself (``Estimate.mode``: ``prior
 ``full``, with ``Estimate.fallback`` saying why).
 
 A prior can also come from outside (the C-arm's angle readout, the robot's kinematics, a few
-degrees and centimetres off): :meth:`Tracker.seed` makes it the prior of the next frame.
+degrees and centimetres off): :meth:`Tracker.seed` makes it the prior of the frames that come
+while no trusted pose is recent.
 """
 
 from __future__ import annotations

@@ -35,8 +35,10 @@ def ensure_bag(out: Path, frames: int, seed: int, size: int, trajectory: str = "
     views, or one C-arm moving along ``trajectory`` at STREAM_FPS."""
     bag, recipe_file = out / "bag", out / "bag.json"
     recipe = {"volume": VOLUME, "frames": frames, "seed": seed, "size": size, "renderer": "diffdrr"}
-    if trajectory != "none":
-        recipe |= {"trajectory": trajectory, "fps": STREAM_FPS}
+    # a sequence is stamped at STREAM_FPS; independent views keep simulate's own stamps
+    clock = {"fps": STREAM_FPS} if trajectory != "none" else {}
+    if clock:
+        recipe |= {"trajectory": trajectory, **clock}
     if bag.is_dir() and recipe_file.is_file() and json.loads(recipe_file.read_text()) == recipe:
         print(f"demo: reusing the simulated bag {bag}")
         return bag
@@ -51,7 +53,7 @@ def ensure_bag(out: Path, frames: int, seed: int, size: int, trajectory: str = "
     partial = out / "bag.partial"  # renamed once complete: an interrupted run leaves no half bag behind
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(bag, ignore_errors=True)
-    stream = tqdm(simulate_frames(volume, shots, seed, fps=STREAM_FPS), total=frames, desc="simulate", unit="frame",
+    stream = tqdm(simulate_frames(volume, shots, seed, **clock), total=frames, desc="simulate", unit="frame",
                   file=sys.stderr)
     write_bag(partial, stream)
     partial.rename(bag)
