@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from rayemb_ros.cli.arguments import existing_path, output_path, positive_float, positive_int
+from rayemb_ros.cli.arguments import existing_path, output_path, positive_float, positive_int, share
 from rayemb_ros.learning.checkpoint import load_encoder
 from rayemb_ros.learning.config import TrainConfig
 from rayemb_ros.learning.model import EncoderConfig
@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="every batch a new patient made from its CT (deformed, resized, turned, cropped)")
     parser.add_argument("--holdout-below-mm", type=float, metavar="Z",
                         help="train on the CTs' slices above world height Z (mm) only, holding out the region below")
+    parser.add_argument("--operating-room", type=share, default=d.operating_room, metavar="SHARE",
+                        help="the share of queries made as an operating room makes them: up to 3 instruments, "
+                             "low dose and a vendor display, each drawn per query; templates stay clean "
+                             f"(default {d.operating_room})")
     parser.add_argument("--out", required=True, type=output_path, help="where to write the weights (.pt)")
     parser.add_argument("--steps", type=positive_int, default=d.steps, help="optimiser steps")
     parser.add_argument("--batch", type=positive_int, default=d.batch, help="queries per step (per rank)")
@@ -44,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prepared CTs kept in memory at once")
     parser.add_argument("--device", default=d.device, choices=DEVICES, help="where to train")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.epilog = "example: rayemb train --volume example --volume ct2.nii.gz --anatomy --steps 2000 --out w.pt"
+    parser.epilog = ("example: rayemb train --volume example --volume ct2.nii.gz --anatomy --operating-room 0.5 "
+                     "--steps 2000 --out w.pt")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         load_encoder(args.init)
     config = TrainConfig(
         volumes=volumes or TrainConfig.volumes, val_volumes=tuple(args.val_volume), anatomy=args.anatomy,
-        holdout_below_mm=args.holdout_below_mm, max_cached_volumes=args.max_cached_volumes,
+        operating_room=args.operating_room, holdout_below_mm=args.holdout_below_mm,
+        max_cached_volumes=args.max_cached_volumes,
         steps=args.steps, batch=args.batch, templates=args.templates, points=args.points, lr=args.lr,
         tau=args.tau, warmup=args.warmup, init=args.init, seed=args.seed, val_every=args.val_every,
         ckpt_every=args.ckpt_every, device=args.device, encoder=EncoderConfig(image_size=args.image_size),

@@ -222,14 +222,15 @@ def apply_batch(
     styles: list[FluoroStyle],
     generator: torch.Generator | None = None,
     intensity: str = "attenuation",
+    extra_depth: Float[torch.Tensor, "B 1 H W"] | None = None,
 ) -> Float[torch.Tensor, "B 1 H W"]:
     """``apply`` over a batch on the batch's device, one style per image (training augmentation).
 
-    ``generator``, when given, must live on that device too.
+    ``generator``, when given, must live on that device too; ``extra_depth`` as ``apply``'s.
     """
     if len(styles) != line_integrals.shape[0]:
         raise ValueError(f"{len(styles)} styles for a batch of {line_integrals.shape[0]}")
     L = line_integrals.float()
     values = torch.tensor([astuple(s) for s in styles], dtype=L.dtype, device=L.device)
     stacked = FluoroStyle(*(values[:, i].reshape(-1, 1, 1, 1) for i in range(len(fields(FluoroStyle)))))
-    return _pipeline(L, stacked, _TorchOps(generator), intensity)
+    return _pipeline(L, stacked, _TorchOps(generator), intensity, extra_depth)

@@ -18,7 +18,7 @@ simulated bag as it was.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,7 @@ from jaxtyping import Float
 
 from rayemb_ros.geometry.camera import Detector, backproject
 from rayemb_ros.geometry.volume import BONE_HU, Volume
+from rayemb_ros.imaging.fluoro import FluoroStyle
 
 DISPLAYS = ("none", "vendor", "inverted")
 # mm^-1, at a fluoroscopy beam's effective energy (~60 keV): steel 7.9 g/cm3 x ~0.2 cm2/g,
@@ -45,13 +46,19 @@ class Rod:
     per_mm: float  # attenuation (optical depth per mm of chord)
 
 
-def sample_instruments(rng: np.random.Generator, volume: Volume, count: int) -> list[Rod]:
-    """``count`` instruments around a CT's bone: K-wires reaching out of the patient, screws,
-    plates, drill guides. Some lie partly or wholly outside the CT box."""
-    bone = np.argwhere(volume.hu >= BONE_HU + 200)
+def bone_anchors(volume: Volume) -> Float[np.ndarray, "N 3"]:
+    """Where instruments are anchored: the centres of a CT's dense-bone voxels (mm, ``ct``).
+    Found once per CT: every frame's instruments are drawn from them."""
+    return volume.voxels_to_ct(np.argwhere(volume.hu >= BONE_HU + 200).astype(float))
+
+
+def sample_instruments(rng: np.random.Generator, anchors: Float[np.ndarray, "N 3"], count: int) -> list[Rod]:
+    """``count`` instruments around a CT's bone (``anchors``: :func:`bone_anchors`): K-wires
+    reaching out of the patient, screws, plates, drill guides. Some lie partly or wholly
+    outside the CT box."""
     rods: list[Rod] = []
     for _ in range(count):
-        anchor = volume.voxels_to_ct(bone[rng.integers(len(bone))][None].astype(float))[0]
+        anchor = anchors[rng.integers(len(anchors))]
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         kind = rng.choice(["wire", "screw", "plate", "guide"], p=[0.35, 0.35, 0.15, 0.15])
@@ -136,6 +143,43 @@ class Display:
         if self.inverted:
             x = 1 - x
         return np.where(field, x, 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the operating room does to one frame, drawn before it is made: instruments in the
+    beam, a dose that replaces the acquisition style's, and the display's processing. The
+    default changes nothing."""
+
+    rods: tuple[Rod, ...] = ()
+    dose: float | None = None  # photons per unattenuated pixel; None: the style's own
+    display: Display | None = None
+
+    def styled(self, style: FluoroStyle) -> FluoroStyle:
+        return style if self.dose is None else replace(style, dose=self.dose)
+
+    def metal(self, T_ct_source: Float[np.ndarray, "4 4"], detector: Detector) -> Float[np.ndarray, "H W"] | None:
+        """The instruments' optical depth in this frame (``fluoro``'s ``extra_depth``), or None."""
+        return instrument_depth(list(self.rods), T_ct_source, detector) if self.rods else None
+
+    def shown(self, image: Float[np.ndarray, "H W"]) -> Float[np.ndarray, "H W"]:
+        """The frame as the display shows it."""
+        return image if self.display is None else self.display.apply(image)
+
+
+# Training queries made as an operating room makes them (``TrainConfig.operating_room``): up to
+# this many instruments, low dose and the vendor display each half the time. Never the inverted
+# display (the appearance gate refuses it by design) and never distortion (a dewarp model
+# undoes it before the encoder).
+TRAINING_MAX_INSTRUMENTS = 3
+
+
+def training_look(rng: np.random.Generator, anchors: Float[np.ndarray, "N 3"]) -> Look:
+    """The operating room's look for one training query (templates stay clean)."""
+    rods = sample_instruments(rng, anchors, int(rng.integers(TRAINING_MAX_INSTRUMENTS + 1)))
+    dose = low_dose(rng) if rng.random() < 0.5 else None
+    display = Display.sample(rng, inverted=False) if rng.random() < 0.5 else None
+    return Look(tuple(rods), dose, display)
 
 
 DISTORTION_LEVELS = {

@@ -12,14 +12,14 @@ ground truth of a bag, whatever the renderer or image settings.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from jaxtyping import Float
 
 from rayemb_ros.imaging import fluoro
 from rayemb_ros.imaging.operating_room import (
-    DISPLAYS, DISTORTION_LEVELS, Display, Distortion, instrument_depth, low_dose, sample_instruments,
+    DISPLAYS, DISTORTION_LEVELS, Display, Distortion, Look, bone_anchors, low_dose, sample_instruments,
 )
 from rayemb_ros.io.bags import Frame
 from rayemb_ros.geometry.camera import Detector
@@ -68,6 +68,13 @@ class OperatingRoom:
             raise ParamError("display processing makes a displayed frame: it needs attenuation intensity")
         return self
 
+    def look(self, rng: np.random.Generator, anchors: Float[np.ndarray, "N 3"]) -> Look:
+        """One frame's draws (instruments around ``anchors``, dose, display), in a fixed order."""
+        rods = tuple(sample_instruments(rng, anchors, self.instruments)) if self.instruments else ()
+        dose = low_dose(rng) if self.low_dose else None
+        display = Display.sample(rng, inverted=self.display == "inverted") if self.display != "none" else None
+        return Look(rods, dose, display)
+
 
 def plan(volume: Volume, frames: int, seed: int, height: int, width: int,
          center: Float[np.ndarray, "3"] | None = None, trajectory: str = "none", fps: float = 10.0) -> list[Shot]:
@@ -108,16 +115,11 @@ def simulate_frames(
     _, noise, room_rng = _streams(seed)
     render_one = _line_integrals(volume, renderer)
     distortion = Distortion.level(room.distortion) if room.distortion != "none" else None
+    anchors = bone_anchors(volume) if room.instruments else None
     for i, shot in enumerate(shots):
-        style, metal = shot.style, None
-        if room.instruments:
-            rods = sample_instruments(room_rng, volume, room.instruments)
-            metal = instrument_depth(rods, shot.T_ct_source, shot.detector)
-        if room.low_dose:
-            style = replace(style, dose=low_dose(room_rng))
-        image = fluoro.apply(render_one(shot), style, noise, intensity, metal)
-        if room.display != "none":
-            image = Display.sample(room_rng, inverted=room.display == "inverted").apply(image)
+        look = room.look(room_rng, anchors)
+        metal = look.metal(shot.T_ct_source, shot.detector)
+        image = look.shown(fluoro.apply(render_one(shot), look.styled(shot.style), noise, intensity, metal))
         if distortion is not None:
             image = distortion.apply(image)
         yield Frame(

@@ -19,6 +19,9 @@ class TrainConfig:
     # Train on the slices above this height (mm, the CTs' world z) only: the region below is
     # held out, for testing on anatomy the encoder never saw. None: the whole CT.
     holdout_below_mm: float | None = None
+    # Share of the queries made as an operating room makes them (imaging.operating_room's
+    # training_look: instruments, low dose, vendor display); templates stay clean. 0: none.
+    operating_room: float = 0.0
     # Prepared CTs (volume, landmark pool, renderer) kept at once; more CTs are loaded again.
     max_cached_volumes: int = 4
     steps: int = 20000

@@ -1,5 +1,6 @@
 """Training pairs: per sample a query DRR at a random clinical pose and detector, degraded into
-a realistic fluoroscopy frame (:mod:`rayemb_ros.imaging.fluoro`), and T clean template DRRs of
+a realistic fluoroscopy frame (:mod:`rayemb_ros.imaging.fluoro`; with ``operating_room``, some
+as an operating room makes them: :mod:`rayemb_ros.imaging.operating_room`), and T clean template DRRs of
 the same CT at other poses, with the projections of 3D bone points that all of them see.
 Rendered on the fly with nanodrr (fast on CUDA; on the CPU it is the bottleneck).
 """
@@ -21,6 +22,7 @@ from rayemb_ros.geometry.poses import reference_detector, sample_detector, sampl
 from rayemb_ros.geometry.volume import Volume, load_volume, sample_landmarks
 from rayemb_ros.imaging.anatomy import make_variant
 from rayemb_ros.imaging.fluoro import apply_batch, sample_style
+from rayemb_ros.imaging.operating_room import Look, bone_anchors, training_look
 from rayemb_ros.imaging.render import NanoRenderer
 from rayemb_ros.learning.config import TrainConfig
 
@@ -47,6 +49,7 @@ class PairSampler:
         self.pool = pool if pool is not None else sample_landmarks(self.volume, config.landmark_pool, seed=config.seed)
         size = config.encoder.image_size
         self.template_detector = reference_detector(size, size)
+        self.anchors = bone_anchors(self.volume) if config.operating_room > 0 else None
 
     def sample(self, rng: np.random.Generator) -> Batch:
         c = self.config
@@ -74,14 +77,31 @@ class PairSampler:
     def render_queries(
         self, rng: np.random.Generator, poses: Float[np.ndarray, "B 4 4"], detectors: list[Detector]
     ) -> Float[torch.Tensor, "B 1 S S"]:
-        """Realistic fluoroscopy frames at the poses: DRRs degraded by a random acquisition style."""
+        """Realistic fluoroscopy frames at the poses: DRRs degraded by a random acquisition style,
+        and the share ``config.operating_room`` of them as an operating room makes them."""
         # Vary the HU -> attenuation mapping so that bone/soft-tissue contrast is not learned
         # as a constant (other renderers and real detectors differ).
         self.renderer.subject.set_mu(mu_bone=float(rng.uniform(0.035, 0.09)))
         with torch.no_grad():
             clean = self.renderer.render(torch.as_tensor(poses), detectors)[:, None]
             gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-            return apply_batch(clean, [sample_style(rng) for _ in detectors], gen)
+            styles = [sample_style(rng) for _ in detectors]
+            if self.anchors is None:  # no draws more: batches as before operating_room existed
+                return apply_batch(clean, styles, gen)
+            share = self.config.operating_room
+            looks = [training_look(rng, self.anchors) if rng.random() < share else Look() for _ in detectors]
+            metal = np.zeros(clean.shape, dtype=np.float32)
+            for i, (look, T, detector) in enumerate(zip(looks, poses, detectors)):
+                depth = look.metal(T, detector)
+                if depth is not None:
+                    metal[i, 0] = depth
+            frames = apply_batch(clean, [look.styled(s) for look, s in zip(looks, styles)], gen,
+                                 extra_depth=torch.as_tensor(metal, device=clean.device))
+            for i, look in enumerate(looks):
+                if look.display is not None:
+                    shown = look.shown(frames[i, 0].cpu().numpy())
+                    frames[i, 0] = torch.as_tensor(shown, device=frames.device)
+            return frames
 
 
 def batch_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:

@@ -57,6 +57,7 @@ CASES = [
      "needs attenuation intensity"),
     (["train", "--steps", "-3", "--out", "{new}"], "argument --steps: must be at least 1"),
     (["train", "--batch", "0", "--out", "{new}"], "argument --batch: must be at least 1"),
+    (["train", "--operating-room", "1.5", "--out", "{new}"], "argument --operating-room: must be from 0 to 1"),
     (["train", "--volume", "{base}/nope.nii.gz", "--out", "{new}"], "no such file or folder"),
     (["train", "--volumes", "{base}/nope", "--out", "{new}"], "no such file or folder"),
     (["train", "--volumes", "{base}/exists", "--out", "{new}"], "no CT"),

@@ -8,7 +8,7 @@ import pytest
 from rayemb_ros.geometry.camera import Detector, project
 from rayemb_ros.geometry.poses import carm_pose
 from rayemb_ros.imaging.operating_room import (
-    DISTORTION_LEVELS, STEEL_PER_MM, Display, Distortion, Rod, instrument_depth, sample_instruments,
+    DISTORTION_LEVELS, STEEL_PER_MM, Display, Distortion, Rod, bone_anchors, instrument_depth, sample_instruments,
 )
 from rayemb_ros.imaging.simulate import OperatingRoom, plan, simulate_frames
 
@@ -79,7 +79,7 @@ def test_each_effect_is_off_by_default_and_changes_no_ground_truth(example_volum
         np.testing.assert_array_equal(a.T_ct_source_gt, c.T_ct_source_gt)
         np.testing.assert_array_equal(a.K, c.K)
         assert not np.array_equal(a.image, c.image)
-    rods = sample_instruments(np.random.default_rng(1), example_volume, 6)
+    rods = sample_instruments(np.random.default_rng(1), bone_anchors(example_volume), 6)
     assert len(rods) >= 6 and all(r.radius_mm > 0 and r.per_mm > 0 for r in rods)
     assert set(DISTORTION_LEVELS) == {"mild", "strong"}
 

@@ -85,6 +85,39 @@ def test_a_new_patient_per_batch_keeps_the_landmarks_on_the_anatomy(coarse_ct):
     assert pool.cached == 1  # the source CT; variants are made per batch, not kept
 
 
+def test_queries_as_an_operating_room_makes_them_keep_the_templates_and_the_geometry(coarse_ct, monkeypatch):
+    """With operating_room on, queries get the room's look and nothing else of the batch changes:
+    the templates stay clean, the pixels and valid points are the plain batch's; a look that
+    changes nothing gives the plain queries exactly, and an instrument's metal shows as density."""
+    from rayemb_ros.geometry.camera import project
+    from rayemb_ros.imaging import operating_room
+    from rayemb_ros.learning import pairs
+
+    cpu = torch.device("cpu")
+    plain = PairSampler(TrainConfig(volumes=(str(coarse_ct),), **TINY), cpu)
+    room = PairSampler(TrainConfig(volumes=(str(coarse_ct),), operating_room=1.0, **TINY), cpu)
+    a, b = plain.sample(batch_rng(0, 3)), room.sample(batch_rng(0, 3))
+    for name in ("templates", "uv_query", "uv_templates", "valid"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert not torch.equal(a.queries, b.queries)
+
+    monkeypatch.setattr(pairs, "training_look", lambda rng, anchors: operating_room.Look())
+    assert torch.equal(room.sample(batch_rng(0, 3)).queries, a.queries)
+
+    # A thick steel rod through the CT centre, along the patient's long axis (z).
+    centre = room.volume.center
+    rod = operating_room.Rod(tuple(centre - [0, 0, 60]), tuple(centre + [0, 0, 60]), 4.0, operating_room.STEEL_PER_MM)
+    monkeypatch.setattr(pairs, "training_look", lambda rng, anchors: operating_room.Look(rods=(rod,)))
+    poses = pairs.sample_poses(np.random.default_rng(0), 2, centre)
+    detectors = [room.template_detector] * 2
+    with_rod = room.render_queries(np.random.default_rng(5), poses, detectors)
+    without = plain.render_queries(np.random.default_rng(5), poses, detectors)
+    for i in range(2):
+        u, v = np.round(project(detectors[i].K, poses[i], centre[None])[0]).astype(int)
+        near = (slice(v - 1, v + 2), slice(u - 1, u + 2))
+        assert with_rod[i, 0][near].mean() > without[i, 0][near].mean() + 0.05
+
+
 def test_validation_on_held_out_cts_is_reported_per_ct(three_cts, tmp_path):
     specs = find_volumes(three_cts)
     config = TrainConfig(volumes=(specs[0],), val_volumes=tuple(specs[1:]), steps=2, val_every=2, ckpt_every=2, **TINY)
